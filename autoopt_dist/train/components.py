@@ -1,0 +1,62 @@
+"""Builders from config sections: the model, its loss, and the optimizer over the engine's views."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..models import MLP, build_model
+from ..optim import AGD, agd_init_
+from .config import Config, ConfigError
+from .data import Dataset
+from .engine import layout_of, optimizer_params
+
+
+def make_model(cfg: Config, data: Dataset) -> nn.Module:
+    """The bare model, initialised on full tensors (same seed on every rank), before any wrapping."""
+    m = cfg.model
+    if m.name == "mlp":
+        model = MLP(data.in_features, m.width, m.depth, data.num_classes, agd_compatible=m.agd_compatible)
+    else:
+        if data.train.x.dim() != 4:
+            raise ConfigError(
+                f"model.name: {m.name} needs image data (N, C, H, W); data.name {cfg.data.name} gives "
+                f"{tuple(data.train.x.shape[1:])}. Use model.name=mlp"
+            )
+        model = build_model(
+            m.name, num_classes=data.num_classes, stem="cifar", width=m.width,
+            agd_compatible=m.agd_compatible, in_channels=data.train.x.shape[1],
+        )
+    if cfg.optim.name == "agd":
+        agd_init_(model)
+    return model
+
+
+def make_loss(cfg: Config, num_classes: int):
+    if cfg.train.loss == "xent":
+        return nn.CrossEntropyLoss()
+    scale = math.sqrt(num_classes)
+
+    def mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # AGD reference (AGD-R1/D1): mean over batch and classes of (f - sqrt(C) * onehot)^2, no 1/2.
+        onehot = nn.functional.one_hot(target, num_classes).to(output.dtype)
+        return (output - scale * onehot).square().mean()
+
+    return mse
+
+
+def make_optimizer(cfg: Config, wrapped: nn.Module) -> torch.optim.Optimizer:
+    params = optimizer_params(wrapped)
+    o = cfg.optim
+    if o.name == "agd":
+        return AGD(params, gain=o.gain, layout=layout_of(wrapped))
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, foreach=True)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, foreach=True)
+
+
+def optimizer_scalars(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """The scalars a method produced in its last step (device tensors; reading them syncs)."""
+    return dict(getattr(opt, "last_scalars", {}))

@@ -1,0 +1,153 @@
+"""Time one `optimizer.step()` of AGD against AdamW and plain SGD on the same ResNet weights.
+
+    .venv/bin/python benchmarks/bench_step.py [--model resnet18] [--repeats 200] [--threads T] [--json PATH]
+
+Single process, CPU. The model is `build_model(model, agd_compatible=True)` (ImageNet stem, 1000
+classes): no biases and no BatchNorm affine parameters, because AGD steps matrices and conv kernels
+only; so all three optimizers step exactly the same weight tensors. Gradients are filled with random
+values once and never change.
+
+Each optimizer is warmed up first (AdamW's first step allocates its state), then the optimizers are
+timed in rounds: every round steps each optimizer once, in an order rotated from round to round, so
+machine-load drift and cache effects of "who ran before me" fall on all of them alike. The table
+reports the median over rounds. All three step the same tensors in place, so the weights drift over
+the run; the work a step does does not depend on the values.
+
+These steps are memory-bound: a few flops per element against a read or write of 4 bytes for every
+tensor touched. The analytic line counts the fp32 tensor traffic of each step (per parameter):
+SGD reads g, reads and writes p (3 x 4 B); AGD reads g twice (statistics, then update) and reads and
+writes p (4 x 4 B); AdamW reads g, p, m, v and writes p, m, v (7 x 4 B).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from autoopt_dist.models import MODELS, build_model  # noqa: E402
+from autoopt_dist.optim import AGD  # noqa: E402
+
+# Tensor traffic per parameter per step, in fp32 words (see the module docstring).
+WORDS_MOVED = {"AGD": 4, "AdamW": 7, "SGD": 3}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def state_bytes_per_param(opt: torch.optim.Optimizer, numel: int) -> float:
+    """Bytes of every tensor the optimizer keeps in `opt.state`, per stepped parameter element."""
+    total = sum(t.nbytes for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+    return total / numel
+
+
+def build_optimizers(params: list[tuple[str, torch.nn.Parameter]]) -> dict[str, torch.optim.Optimizer]:
+    tensors = [p for _, p in params]
+    return {
+        "AGD": AGD(params),
+        "AdamW": torch.optim.AdamW(tensors, foreach=True),
+        "SGD": torch.optim.SGD(tensors, lr=0.1, foreach=True),  # no momentum: the memory-traffic floor
+    }
+
+
+def time_steps(opts: dict[str, torch.optim.Optimizer], repeats: int, warmup: int) -> dict[str, list[float]]:
+    for _ in range(warmup):
+        for opt in opts.values():
+            opt.step()
+    names = list(opts)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            opts[name].step()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet18", choices=sorted(m for m in MODELS if m != "mlp"))
+    parser.add_argument("--repeats", type=int, default=200, help="timed rounds (each steps every optimizer once)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model = build_model(args.model, agd_compatible=True)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    numel = sum(p.numel() for _, p in params)
+    for _, p in params:
+        p.grad = torch.randn_like(p)
+
+    opts = build_optimizers(params)
+    times = time_steps(opts, args.repeats, args.warmup)
+
+    med = {n: statistics.median(t) * 1e3 for n, t in times.items()}
+    iqr = {n: tuple(q * 1e3 for q in statistics.quantiles(t, n=4)[::2]) for n, t in times.items()}
+    state = {n: state_bytes_per_param(o, numel) for n, o in opts.items()}
+    result = {
+        "model": args.model,
+        "tensors": len(params),
+        "params": numel,
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "median_ms": med,
+        "quartiles_ms": iqr,
+        "state_bytes_per_param": state,
+        "ratio_agd_adamw": med["AGD"] / med["AdamW"],
+        "ratio_agd_sgd": med["AGD"] / med["SGD"],
+        "bytes_moved_per_step": {n: WORDS_MOVED[n] * 4 * numel for n in opts},
+    }
+
+    print(f"machine: {result['cpu']}, {result['threads']} torch threads "
+          f"({result['logical_cpus']} logical CPUs), torch {result['torch']}, python {result['python']}")
+    print(f"model:   {args.model} (agd_compatible, ImageNet stem, 1000 classes): "
+          f"{len(params)} weight tensors, {numel:,} parameters")
+    print(f"timing:  {args.warmup} warm-up rounds, median of {args.repeats} interleaved rounds\n")
+    print(f"{'optimizer':<10}{'median ms':>11}{'  (q1 - q3)':<20}{'state B/param':>14}{'moved MB/step':>15}{'GB/s':>8}")
+    for name in opts:
+        moved = result["bytes_moved_per_step"][name]
+        q1, q3 = iqr[name]
+        print(f"{name:<10}{med[name]:>11.2f}  ({q1:6.2f} - {q3:6.2f})  {state[name]:>14.2f}"
+              f"{moved / 1e6:>15.1f}{moved / med[name] / 1e6:>8.1f}")
+    print(f"\nAGD/AdamW = {result['ratio_agd_adamw']:.3f}   (target <= 0.3)")
+    print(f"AGD/SGD   = {result['ratio_agd_sgd']:.3f}   (target <= 2)")
+    print("bytes moved per param per step (fp32): SGD 3 x 4 = 12 B (read g, read+write p); "
+          "AGD 4 x 4 = 16 B (read g twice, read+write p); AdamW 7 x 4 = 28 B (read g, p, m, v; write p, m, v)")
+    print(f"  => memory-traffic bounds relative to AdamW: AGD {4 / 7:.2f}x, SGD {3 / 7:.2f}x; AGD/SGD {4 / 3:.2f}x")
+
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
