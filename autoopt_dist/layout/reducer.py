@@ -20,36 +20,49 @@ Stats = dict[str, tuple[torch.Tensor, torch.Tensor | bool]]
 
 
 class Reducer:
-    """One all-reduce per op per step over the shard group.
+    """One all-reduce per op per step.
 
     Args:
         group: the process group the sharded views are split over (`views.shard_group`), or None
-            when nothing is sharded: then every call is local.
+            when nothing is sharded: parameter statistics then need no collective.
+        data_group: the data-parallel group, over which statistics of the *data* (activations, Gram
+            matrices of features) are summed even when parameters are replicated, as under DDP. None
+            with one process. Under HSDP it spans replicas and shards alike.
 
     Attributes:
         collectives: number of collectives issued so far (logged, and read by tests).
     """
 
-    def __init__(self, group: dist.ProcessGroup | None):
+    def __init__(self, group: dist.ProcessGroup | None, data_group: dist.ProcessGroup | None = None):
         self.group = group
+        self.data_group = data_group
         self.collectives = 0
+
+    @classmethod
+    def for_views(cls, group: dist.ProcessGroup | None) -> "Reducer":
+        data_group = dist.group.WORLD if dist.is_initialized() and dist.get_world_size() > 1 else None
+        return cls(group, data_group)
 
     @property
     def active(self) -> bool:
         return self.group is not None
 
-    def sum(self, stats: Stats) -> dict[str, torch.Tensor]:
+    def sum(self, stats: Stats, data_dependent: bool = False) -> dict[str, torch.Tensor]:
         """Global sums of per-rank partial statistics.
 
         Args:
-            stats: name -> (local fp32 vector, partial mask). The mask is a bool tensor shaped like the
+            stats: name -> (local vector, partial mask). The mask is a bool tensor shaped like the
                 vector, True where the entry is a partial sum over a shard, or a bool for all entries.
+            data_dependent: the statistics come from this rank's share of the batch: every entry is
+                partial and the sum runs over the data-parallel group (masks are ignored).
 
         Returns:
             name -> reduced vector, identical on every rank.
         """
         names = list(stats)
         local = [stats[n][0] for n in names]
+        if data_dependent:
+            return self._all_reduce_data(names, local)
         if not self.active:
             return dict(zip(names, local))
         masks = [_as_mask(v, m) for v, m in (stats[n] for n in names)]
@@ -61,14 +74,24 @@ class Reducer:
         total = torch.where(partial_mask, partial, flat)
         return dict(zip(names, _split_like(total, local)))
 
-    def max(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Global maxima. Replicated entries need no mask: max(x, x) = x. Fold a MIN in by negation."""
+    def max(self, stats: dict[str, torch.Tensor], data_dependent: bool = False) -> dict[str, torch.Tensor]:
+        """Global maxima (over shards, or over the data-parallel group for data statistics).
+        Replicated entries need no mask: max(x, x) = x. Fold a MIN in by negation."""
         names = list(stats)
         local = [stats[n] for n in names]
-        if not self.active:
+        group = self.data_group if data_dependent else self.group
+        if group is None:
             return dict(zip(names, local))
         flat = torch.cat([v.reshape(-1) for v in local])
-        dist.all_reduce(flat, op=dist.ReduceOp.MAX, group=self.group)
+        dist.all_reduce(flat, op=dist.ReduceOp.MAX, group=group)
+        self.collectives += 1
+        return dict(zip(names, _split_like(flat, local)))
+
+    def _all_reduce_data(self, names: list[str], local: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.data_group is None:
+            return dict(zip(names, local))
+        flat = torch.cat([v.reshape(-1) for v in local])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.data_group)
         self.collectives += 1
         return dict(zip(names, _split_like(flat, local)))
 

@@ -41,7 +41,7 @@ class ShardedOptimizer(torch.optim.Optimizer):
             names = group.get("param_names") or [f"param_groups[{g}][{i}]" for i in range(len(group["params"]))]
             self.group_views.append(self._layout.views_of(zip(names, group["params"])))
         self.views = [v for views in self.group_views for v in views]
-        self.reducer = Reducer(shard_group(self.views))
+        self.reducer = Reducer.for_views(shard_group(self.views))
         self.check_views(self.views)
 
     def check_views(self, views: list[LocalView]) -> None:
