@@ -63,7 +63,8 @@ class Case:
 
     Attributes:
         make_model: builds the bare model (called after the seed is set).
-        make_optimizer: (named params, layout) -> optimizer.
+        make_optimizer: (named params, layout, model) -> optimizer; `model` is the bare model for the
+            oracle and the wrapped one for an engine (for methods that hook modules).
         init: optional in-place initialisation of the bare model (e.g. agd_init_).
         collectives: (engine, world size) -> collectives the optimizer step must issue.
         tol_params / tol_scalars: relative tolerances vs world size 1 (see test_equivalence.py).

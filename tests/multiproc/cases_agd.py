@@ -7,7 +7,7 @@ from autoopt_dist.optim import AGD, agd_init_
 from .cases import Case, mlp, resnet_basic, resnet_bottleneck
 
 
-def agd(params, layout):
+def agd(params, layout, model=None):
     return AGD(params, gain=1.0, layout=layout)
 
 

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from autoopt_dist.layout import Reducer
 from autoopt_dist.train.engine import full_state, init_distributed, layout_of, optimizer_params, shutdown, wrap_model
 
 from .cases import GLOBAL_BATCH, Case
@@ -63,7 +64,7 @@ def scalars(opt) -> dict[str, float]:
 
 def run_oracle(case: Case, data, world):
     spec = fresh(case)
-    opt = case.make_optimizer(list(spec.model.named_parameters()), None)
+    opt = case.make_optimizer(list(spec.model.named_parameters()), None, spec.model)
     trace = []
     for x, y in data:
         case.oracle_step(spec.model, opt, list(zip(x.chunk(world), y.chunk(world))), spec.loss_fn)
@@ -79,7 +80,7 @@ def count_collectives(prof) -> int:
 def run_engine(case: Case, engine, data, rank, world):
     spec = fresh(case)
     wrapped = wrap_model(spec.model, engine, torch.device("cpu"), spec.shard_modules)
-    opt = case.make_optimizer(optimizer_params(wrapped), layout_of(wrapped))
+    opt = case.make_optimizer(optimizer_params(wrapped), layout_of(wrapped), wrapped)
     trace, collectives = [], []
     original_step = opt.step
 
@@ -100,10 +101,25 @@ def relative_errors(got, want):
     return {n: float((got[n].double() - w.double()).norm() / w.double().norm().clamp_min(1e-30)) for n, w in want.items()}
 
 
+def reducer_checks(rank: int, world: int) -> dict[str, list[float]]:
+    """The Reducer on a real group: partial entries summed, replicated ones counted once, maxima."""
+    reducer = Reducer.for_views(dist.group.WORLD if world > 1 else None)
+    local = torch.tensor([rank + 1.0, 5.0, -rank])
+    mixed = reducer.sum({"a": (local[:2], torch.tensor([True, False])), "b": (local[2:], True)})
+    data = reducer.sum({"d": (torch.tensor([1.0]), False)}, data_dependent=True)  # masks ignored: data is partial
+    maxima = reducer.max({"m": torch.tensor([float(rank), -float(rank)])})
+    return {
+        "mixed": mixed["a"].tolist() + mixed["b"].tolist(),
+        "data": data["d"].tolist(),
+        "max": maxima["m"].tolist(),
+        "collectives": [reducer.collectives],
+    }
+
+
 def main(out_path: str, prefix: str = "") -> None:
     env = init_distributed("ddp")
     rank, world = env.rank, env.world_size
-    report = {"world_size": world, "cases": []}
+    report = {"world_size": world, "cases": [], "reducer": reducer_checks(rank, world)}
     for case in all_cases(prefix):
         spec = case.make_model()
         data = make_data(case, spec)

@@ -74,3 +74,12 @@ def test_collectives_per_step(report):
     """AGD: 0 under DDP (gradients already averaged), exactly 1 under FSDP1/FSDP2, 0 on one rank."""
     for c in report["cases"]:
         assert c["collectives"] == [c["expected_collectives"]] * c["steps"], (c["case"], c["engine"], c["collectives"])
+
+
+def test_reducer_on_a_real_group(report):
+    w = report["world_size"]
+    r = report["reducer"]
+    assert r["mixed"] == [w * (w + 1) / 2, 5.0, -sum(range(w))]  # replicated 5 counted once, not w times
+    assert r["data"] == [float(w)]
+    assert r["max"] == [float(w - 1), 0.0]
+    assert r["collectives"] == [3 if w > 1 else 0]
