@@ -27,7 +27,7 @@ class ShardedOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any], layout: Layout | None = None):
         self._layout = layout or Layout()
-        super().__init__(params, defaults)
+        super().__init__(_named_groups(params), defaults)
         self._build_views()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -36,10 +36,18 @@ class ShardedOptimizer(torch.optim.Optimizer):
             self._build_views()
 
     def _build_views(self) -> None:
-        self.group_views: list[list[LocalView]] = []
+        group_views = []
         for g, group in enumerate(self.param_groups):
             names = group.get("param_names") or [f"param_groups[{g}][{i}]" for i in range(len(group["params"]))]
-            self.group_views.append(self._layout.views_of(zip(names, group["params"])))
+            group_views.append(self._layout.views_of(zip(names, group["params"])))
+        self.rebind_views(group_views)
+
+    def rebind_views(self, group_views: list[list[LocalView]]) -> None:
+        """Adopt views an engine adapter built after construction (DeepSpeed swaps the tensors the
+        optimizer holds for flat partitions inside `deepspeed.initialize`; see layout/zero.py)."""
+        if len(group_views) != len(self.param_groups):
+            raise ValueError(f"{len(group_views)} groups of views for {len(self.param_groups)} parameter groups")
+        self.group_views = group_views
         self.views = [v for views in self.group_views for v in views]
         self.reducer = Reducer.for_views(shard_group(self.views))
         self.check_views(self.views)
@@ -52,3 +60,15 @@ class ShardedOptimizer(torch.optim.Optimizer):
             return None
         with torch.enable_grad():
             return closure()
+
+
+def _named_groups(params: Iterable[Any]) -> list[Any]:
+    """Accept (name, tensor) pairs inside param-group dicts too, as torch accepts them at top level only."""
+    params = list(params)
+    out = []
+    for item in params:
+        if isinstance(item, dict) and all(isinstance(p, tuple) for p in item["params"]):
+            pairs = list(item["params"])
+            item = {**item, "params": [p for _, p in pairs], "param_names": [n for n, _ in pairs]}
+        out.append(item)
+    return out

@@ -15,7 +15,9 @@ from torch import nn
 
 from ..layout import Layout, clean_name
 
-STRATEGIES = ("single", "ddp", "fsdp1", "fsdp1_flat", "fsdp2")
+TORCH_STRATEGIES = ("single", "ddp", "fsdp1", "fsdp1_flat", "fsdp2")
+ZERO_STRATEGIES = ("zero1", "zero2", "zero3")
+STRATEGIES = TORCH_STRATEGIES + ZERO_STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,11 @@ def wrap_model(
         shard_modules: module types that become their own FSDP unit (e.g. residual blocks); the root
             takes the rest. Parameters then straddle unit and rank boundaries, as in real runs.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+    if strategy not in TORCH_STRATEGIES:
+        raise ValueError(
+            f"wrap_model: strategy {strategy!r} is not a PyTorch engine ({', '.join(TORCH_STRATEGIES)}); "
+            "ZeRO stages wrap model and optimizer together: use deepspeed_initialize"
+        )
     model = model.to(device)
     if strategy == "single":
         return model
@@ -116,6 +121,40 @@ def wrap_model(
     return model
 
 
+def deepspeed_config(strategy: str, micro_batch: int, grad_accum: int = 1, bf16: bool = False,
+                     sub_group_size: int | None = None) -> dict:
+    """The DeepSpeed config of a ZeRO strategy. Clipping is off: it changes the statistics (G7)."""
+    zero = {"stage": int(strategy[-1])}
+    if sub_group_size is not None:
+        zero["sub_group_size"] = sub_group_size
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "zero_optimization": zero,
+        "gradient_clipping": 0.0,
+        "bf16": {"enabled": bf16},
+        # DeepSpeed refuses optimizers it has not tested unless told; our equivalence tests are that test
+        # (LESSONS.md R6), and bind_deepspeed below makes the optimizer exact under every stage.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+    }
+
+
+def deepspeed_initialize(model: nn.Module, optimizer: torch.optim.Optimizer, config: dict):
+    """`deepspeed.initialize` with our optimizer as the client optimizer, then bound to ZeRO's layout."""
+    try:
+        import deepspeed
+    except ImportError:
+        raise ImportError("ZeRO strategies need DeepSpeed: pip install 'autoopt_dist[zero]'") from None
+    from ..layout.zero import bind_deepspeed
+    from ..optim.base import ShardedOptimizer
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    if isinstance(optimizer, ShardedOptimizer):
+        bind_deepspeed(engine, optimizer)
+    return engine
+
+
 def layout_of(model: nn.Module) -> Layout:
     """The layout the optimizers need, for any wrapped model."""
     return Layout.from_model(model)
@@ -130,6 +169,8 @@ def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Full (unsharded) parameters keyed by clean FQN, on every rank; a collective under FSDP."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+    if hasattr(model, "zero_optimization_stage"):  # a DeepSpeed engine
+        return _deepspeed_full_state(model)
     if not dist.is_initialized():
         return {clean_name(n): p.detach().clone() for n, p in model.named_parameters()}
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
@@ -144,3 +185,13 @@ def _flat_original_names(model: nn.Module) -> set[str]:
     for view_list in Layout.from_model(model)._engine_views.values():
         names |= {v.info.name for v in view_list}
     return names if FSDP.fsdp_modules(model) else set()
+
+
+def _deepspeed_full_state(engine) -> dict[str, torch.Tensor]:
+    params = list(engine.module.named_parameters())
+    if engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([p for _, p in params]):
+            return {clean_name(n): p.detach().clone() for n, p in params}
+    return {clean_name(n): p.detach().clone() for n, p in params}

@@ -16,6 +16,7 @@ from autoopt_dist.models import MLP, BasicBlock, Bottleneck, ResNet
 
 GLOBAL_BATCH = 12  # divisible by 1, 2 and 3
 ENGINES = ("ddp", "fsdp1", "fsdp1_flat", "fsdp2")
+ZERO_ENGINES = ("zero1", "zero2", "zero3")
 
 
 @dataclass
@@ -52,6 +53,10 @@ def default_oracle_step(model, opt, micro_batches, loss_fn):
 
 def default_engine_step(model, opt, x, y, loss_fn):
     """One rank: its micro-batch; the engine averages gradients."""
+    if hasattr(model, "zero_optimization_stage"):  # DeepSpeed: the engine owns backward and step
+        model.backward(loss_fn(model(x), y))
+        model.step()
+        return
     opt.zero_grad()
     loss_fn(model(x), y).backward()
     opt.step()
@@ -75,7 +80,7 @@ class Case:
     make_optimizer: Callable
     dtype: torch.dtype = torch.float32
     init: Callable[[nn.Module], None] | None = None
-    collectives: Callable[[str, int], int] = lambda engine, world: int(engine.startswith("fsdp") and world > 1)
+    collectives: Callable[[str, int], int] = lambda engine, world: int(engine.startswith(("fsdp", "zero")) and world > 1)
     tol_params: float | None = None
     tol_scalars: float | None = None
     steps: int = 10

@@ -23,7 +23,17 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from autoopt_dist.layout import Reducer
-from autoopt_dist.train.engine import full_state, init_distributed, layout_of, optimizer_params, shutdown, wrap_model
+from autoopt_dist.train.engine import (
+    ZERO_STRATEGIES,
+    deepspeed_config,
+    deepspeed_initialize,
+    full_state,
+    init_distributed,
+    layout_of,
+    optimizer_params,
+    shutdown,
+    wrap_model,
+)
 
 from .cases import GLOBAL_BATCH, Case
 
@@ -79,8 +89,14 @@ def count_collectives(prof) -> int:
 
 def run_engine(case: Case, engine, data, rank, world):
     spec = fresh(case)
-    wrapped = wrap_model(spec.model, engine, torch.device("cpu"), spec.shard_modules)
-    opt = case.make_optimizer(optimizer_params(wrapped), layout_of(wrapped), wrapped)
+    if engine in ZERO_STRATEGIES:
+        # ZeRO wraps model and optimizer together: our optimizer is DeepSpeed's client optimizer.
+        opt = case.make_optimizer(list(spec.model.named_parameters()), None, spec.model)
+        config = deepspeed_config(engine, GLOBAL_BATCH // world, sub_group_size=case.extra.get("sub_group_size"))
+        wrapped = deepspeed_initialize(spec.model, opt, config)
+    else:
+        wrapped = wrap_model(spec.model, engine, torch.device("cpu"), spec.shard_modules)
+        opt = case.make_optimizer(optimizer_params(wrapped), layout_of(wrapped), wrapped)
     trace, collectives = [], []
     original_step = opt.step
 
@@ -94,7 +110,10 @@ def run_engine(case: Case, engine, data, rank, world):
     for x, y in data:
         case.engine_step(wrapped, opt, x.chunk(world)[rank], y.chunk(world)[rank], spec.loss_fn)
         trace.append(scalars(opt))
-    return full_state(wrapped), trace, collectives
+    # How many step() calls DeepSpeed makes per optimizer step (groups, or ZeRO-3 sub-groups).
+    zopt = getattr(wrapped, "optimizer", None)
+    parts = len(getattr(zopt, "fp32_partitioned_groups_flat", getattr(zopt, "single_partition_of_fp32_groups", [0])))
+    return full_state(wrapped), trace, collectives, parts
 
 
 def relative_errors(got, want):
@@ -125,7 +144,7 @@ def main(out_path: str, prefix: str = "") -> None:
         data = make_data(case, spec)
         oracle_params, oracle_trace = run_oracle(case, data, world)
         for engine in case.engines:
-            params, trace, collectives = run_engine(case, engine, data, rank, world)
+            params, trace, collectives, parts = run_engine(case, engine, data, rank, world)
             missing = sorted(set(oracle_params) - set(params))
             report["cases"].append({
                 "case": case.name,
@@ -135,6 +154,7 @@ def main(out_path: str, prefix: str = "") -> None:
                 "scalars": trace,
                 "oracle_scalars": oracle_trace,
                 "collectives": collectives,
+                "deepspeed_parts": parts,
                 "expected_collectives": case.collectives(engine, world),
                 "steps": case.steps,
                 "tol_params": case.tol_params,

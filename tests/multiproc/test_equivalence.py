@@ -70,8 +70,17 @@ def test_replicated_scalars_bitwise_identical_across_ranks(report):
     assert report["scalars_identical_across_ranks"]
 
 
+def test_zero_cases_exercise_several_step_calls(report):
+    """ZeRO-1/2 call step() once per parameter group, ZeRO-3 once per sub-group: the cases must make
+    DeepSpeed do that, or they would not test the step-boundary handling."""
+    zero = [c for c in report["cases"] if c["engine"].startswith("zero")]
+    for c in zero:
+        assert c["deepspeed_parts"] >= 2, (c["case"], c["engine"], c["deepspeed_parts"])
+    assert any(c["engine"] == "zero3" and c["deepspeed_parts"] >= 3 for c in zero) or not zero
+
+
 def test_collectives_per_step(report):
-    """AGD: 0 under DDP (gradients already averaged), exactly 1 under FSDP1/FSDP2, 0 on one rank."""
+    """AGD: 0 under DDP (gradients already averaged), exactly 1 under FSDP1/FSDP2/ZeRO, 0 on one rank."""
     for c in report["cases"]:
         assert c["collectives"] == [c["expected_collectives"]] * c["steps"], (c["case"], c["engine"], c["collectives"])
 
