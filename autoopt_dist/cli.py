@@ -10,6 +10,8 @@ from .train.config import ConfigError, load_config
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="autoopt", description="Learning-rate-free training, exact under sharding.")
+    # The deepspeed launcher inserts --local_rank=N before the command; the rank is read from the environment.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train a model from a YAML config")
     p_train.add_argument("config", nargs="?", help="YAML file (defaults: digits, MLP, AGD, FSDP2)")

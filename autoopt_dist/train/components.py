@@ -11,7 +11,7 @@ from ..models import MLP, build_model
 from ..optim import AGD, agd_init_
 from .config import Config, ConfigError
 from .data import Dataset
-from .engine import layout_of, optimizer_params
+from .engine import ZERO_STRATEGIES, deepspeed_config, deepspeed_initialize, layout_of, optimizer_params, wrap_model
 
 
 def make_model(cfg: Config, data: Dataset) -> nn.Module:
@@ -55,6 +55,42 @@ def make_optimizer(cfg: Config, wrapped: nn.Module) -> torch.optim.Optimizer:
     if o.name == "adamw":
         return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, foreach=True)
     return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, foreach=True)
+
+
+class Engine:
+    """The three calls a training step makes, whatever wraps the model.
+
+    PyTorch engines: backward is `loss.backward()`, step is `optimizer.step()` then `zero_grad`.
+    DeepSpeed: its engine owns both (it reduces, partitions and calls our optimizer per part).
+    """
+
+    def __init__(self, model, optimizer, deepspeed_engine=None):
+        self.model, self.optimizer, self._ds = model, optimizer, deepspeed_engine
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self._ds is not None:
+            self._ds.backward(loss)
+        else:
+            loss.backward()
+
+    def step(self) -> None:
+        if self._ds is not None:
+            self._ds.step()
+        else:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+
+def build_engine(cfg: Config, model: nn.Module, device: torch.device, world_size: int) -> Engine:
+    """Wrap the bare model for `train.strategy` and build the optimizer over the engine's layout."""
+    strategy = cfg.train.strategy
+    if strategy in ZERO_STRATEGIES:
+        optimizer = make_optimizer(cfg, model.to(device))  # DeepSpeed's client optimizer, rebound to ZeRO views
+        config = deepspeed_config(strategy, cfg.data.batch_size // world_size)
+        ds = deepspeed_initialize(model, optimizer, config)
+        return Engine(ds, optimizer, ds)
+    wrapped = wrap_model(model, strategy, device)
+    return Engine(wrapped, make_optimizer(cfg, wrapped))
 
 
 def optimizer_scalars(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

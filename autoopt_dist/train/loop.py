@@ -18,10 +18,10 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from .components import make_loss, make_model, make_optimizer, optimizer_scalars
+from .components import build_engine, make_loss, make_model, optimizer_scalars
 from .config import Config
 from .data import GlobalBatches, load_dataset
-from .engine import device_for, init_distributed, shutdown, wrap_model
+from .engine import device_for, init_distributed, shutdown
 from .tracking import Tracker, peak_memory_mb
 
 
@@ -41,8 +41,8 @@ def _train(cfg: Config, env) -> dict:
     data = load_dataset(cfg.data)  # identical on every rank; each step takes its share below
     torch.manual_seed(cfg.train.seed)  # same seed everywhere: full tensors drawn alike, then sharded
     model = make_model(cfg, data)
-    wrapped = wrap_model(model, cfg.train.strategy, device)
-    optimizer = make_optimizer(cfg, wrapped)
+    engine = build_engine(cfg, model, device, env.world_size)  # wraps, and builds the optimizer over its views
+    optimizer, wrapped = engine.optimizer, engine.model
     loss_fn = make_loss(cfg, data.num_classes)
 
     batches = GlobalBatches(len(data.train.x), cfg.data.batch_size, cfg.data.seed, env.rank, env.world_size)
@@ -55,9 +55,8 @@ def _train(cfg: Config, env) -> dict:
             idx = batches.local_indices(epoch, batch_step)
             x, y = data.train.x[idx].to(device), data.train.y[idx].to(device)
             loss = loss_fn(wrapped(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # the engine averages gradients: the mean loss over the global batch
-            optimizer.step()
+            engine.backward(loss)  # the engine averages gradients: the mean loss over the global batch
+            engine.step()
             step += 1
             tracker.advance()
             if step % cfg.train.log_every == 0 or step == total:
