@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .train.config import ConfigError, load_config
+from .train.config import load_config
+from .train.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:

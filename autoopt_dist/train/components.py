@@ -9,7 +9,8 @@ from torch import nn
 
 from ..models import MLP, build_model
 from ..optim import AGD, agd_init_
-from .config import Config, ConfigError
+from .config import Config
+from .errors import ConfigError
 from .data import Dataset
 from .engine import ZERO_STRATEGIES, deepspeed_config, deepspeed_initialize, layout_of, optimizer_params, wrap_model
 

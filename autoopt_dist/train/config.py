@@ -17,10 +17,7 @@ from typing import Any
 import yaml
 
 from .engine import STRATEGIES
-
-
-class ConfigError(ValueError):
-    """A configuration problem the user fixes by editing a field."""
+from .errors import ConfigError
 
 
 def _choice(field_name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -86,14 +83,14 @@ class OptimConfig:
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    strategy: str = "fsdp2"  # single | ddp | fsdp1 | fsdp1_flat | fsdp2 (zero1-3: issue #4)
+    strategy: str = "auto"  # auto (from the launcher) | single | ddp | fsdp1 | fsdp1_flat | fsdp2 | zero1-3
     epochs: int = 30
     loss: str = "mse"  # mse: the AGD reference's mean of (f - sqrt(C) onehot)^2 (AGD-D1); xent: cross-entropy
     seed: int = 0  # model initialisation, same on every rank
     log_every: int = 10  # optimizer steps between metric logs (one host sync each)
 
     def __post_init__(self):
-        _choice("train.strategy", self.strategy, STRATEGIES)
+        _choice("train.strategy", self.strategy, ("auto",) + STRATEGIES)
         _choice("train.loss", self.loss, LOSSES)
         _positive("train.epochs", self.epochs)
         _positive("train.log_every", self.log_every)

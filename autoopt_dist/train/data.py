@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import ConfigError, DataConfig
+from .config import DataConfig
+from .errors import ConfigError
 
 
 @dataclass

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..layout import Layout, clean_name
+from .errors import ConfigError
 
 TORCH_STRATEGIES = ("single", "ddp", "fsdp1", "fsdp1_flat", "fsdp2")
 ZERO_STRATEGIES = ("zero1", "zero2", "zero3")
@@ -41,6 +42,40 @@ class DistEnv:
         if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
             return cls(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
         return cls(0, 1, 0)
+
+
+def strategy_from_launcher() -> str | None:
+    """The engine an `accelerate launch` config asked for, from the variables it exports (None if none)."""
+    env = os.environ
+    if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+        config_file = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+        if config_file and os.path.isfile(config_file):
+            import json
+
+            stage = json.load(open(config_file)).get("zero_optimization", {}).get("stage", stage)
+        if str(stage) not in ("1", "2", "3"):
+            raise ConfigError(f"accelerate DeepSpeed config: ZeRO stage {stage!r}; autoopt_dist runs stages 1, 2, 3")
+        return f"zero{stage}"
+    if env.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        if env.get("FSDP_VERSION", "1") == "2":
+            return "fsdp2"
+        return "fsdp1" if env.get("FSDP_USE_ORIG_PARAMS", "true").lower() == "true" else "fsdp1_flat"
+    return None
+
+
+def resolve_strategy(requested: str, env: DistEnv) -> str:
+    """`auto` follows the launcher (an Accelerate config's engine, else DDP for several processes);
+    an explicit strategy that contradicts the launcher's config is an error, not a silent choice."""
+    launcher = strategy_from_launcher()
+    if requested == "auto":
+        return launcher or ("ddp" if env.world_size > 1 else "single")
+    if launcher is not None and launcher != requested:
+        raise ConfigError(
+            f"train.strategy: {requested}, but the accelerate config asks for {launcher}; "
+            f"set train.strategy=auto or {launcher}, or launch with a matching config"
+        )
+    return requested
 
 
 def init_distributed(strategy: str) -> DistEnv:

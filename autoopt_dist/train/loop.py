@@ -21,11 +21,12 @@ import yaml
 from .components import build_engine, make_loss, make_model, optimizer_scalars
 from .config import Config
 from .data import GlobalBatches, load_dataset
-from .engine import device_for, init_distributed, shutdown
+from .engine import DistEnv, device_for, init_distributed, resolve_strategy, shutdown
 from .tracking import Tracker, peak_memory_mb
 
 
 def train(cfg: Config) -> dict:
+    cfg.train.strategy = resolve_strategy(cfg.train.strategy, DistEnv.from_environ())
     env = init_distributed(cfg.train.strategy)
     try:
         cfg.check_world(env.world_size)

@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from autoopt_dist.cli import main
-from autoopt_dist.train.config import ConfigError, load_config
+from autoopt_dist.train.config import load_config
+from autoopt_dist.train.errors import ConfigError
 
 
 def write(tmp_path, text):

@@ -6,7 +6,8 @@ from torch import nn
 
 from autoopt_dist.layout import Layout, ParamInfo, Reducer, Role, SideTable, clean_name
 from autoopt_dist.optim import AGD
-from autoopt_dist.train.config import ConfigError, load_config
+from autoopt_dist.train.config import load_config
+from autoopt_dist.train.errors import ConfigError
 
 
 def test_side_table_roles_and_taps():
