@@ -68,6 +68,31 @@ class Engine:
     def __init__(self, model, optimizer, deepspeed_engine=None):
         self.model, self.optimizer, self._ds = model, optimizer, deepspeed_engine
 
+    @property
+    def deepspeed(self):
+        return self._ds
+
+    @torch.no_grad()
+    def local_step_is_bad(self, loss: torch.Tensor) -> bool:
+        """A non-finite loss, or a non-finite local gradient (under DeepSpeed the gradients sit in its
+        partitions until step(); a non-finite gradient there comes from a non-finite loss)."""
+        if not torch.isfinite(loss).all():
+            return True
+        if self._ds is not None:
+            return False
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return False
+        local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+        return not bool(torch.isfinite(torch.stack(torch._foreach_norm(local))).all())
+
+    def skip(self) -> None:
+        """Drop this step's gradients without touching parameters or optimizer state."""
+        if self._ds is not None:
+            self._ds.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+
     def backward(self, loss: torch.Tensor) -> None:
         if self._ds is not None:
             self._ds.backward(loss)

@@ -88,12 +88,28 @@ class TrainConfig:
     loss: str = "mse"  # mse: the AGD reference's mean of (f - sqrt(C) onehot)^2 (AGD-D1); xent: cross-entropy
     seed: int = 0  # model initialisation, same on every rank
     log_every: int = 10  # optimizer steps between metric logs (one host sync each)
+    max_bad_steps: int = 5  # non-finite steps in a row before the run stops (with a checkpoint)
 
     def __post_init__(self):
+        _positive("train.max_bad_steps", self.max_bad_steps)
         _choice("train.strategy", self.strategy, ("auto",) + STRATEGIES)
         _choice("train.loss", self.loss, LOSSES)
         _positive("train.epochs", self.epochs)
         _positive("train.log_every", self.log_every)
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    every: int = 0  # optimizer steps between checkpoints; 0: only on SIGTERM/SIGUSR1 and session end
+    keep: int = 2  # complete checkpoints kept (older ones deleted after a new one is complete)
+    resume: str = "auto"  # auto: the latest complete checkpoint of this run, if any | never | a path
+    session_steps: int = 0  # stop with a checkpoint after this many steps in this process (0: no limit),
+    # for time-limited allocations: the next job resumes where this one stopped
+
+    def __post_init__(self):
+        _positive("checkpoint.every", self.every, allow_zero=True)
+        _positive("checkpoint.keep", self.keep)
+        _positive("checkpoint.session_steps", self.session_steps, allow_zero=True)
 
 
 @dataclass(kw_only=True)
@@ -113,6 +129,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
 
     def __post_init__(self):

@@ -19,6 +19,7 @@ from .errors import ConfigError
 TORCH_STRATEGIES = ("single", "ddp", "fsdp1", "fsdp1_flat", "fsdp2")
 ZERO_STRATEGIES = ("zero1", "zero2", "zero3")
 STRATEGIES = TORCH_STRATEGIES + ZERO_STRATEGIES
+PROCESS_GROUP_STARTED = False  # set once this process joined a group; read by cli._exit_after_process_group
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ def init_distributed(strategy: str) -> DistEnv:
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend, rank=env.rank, world_size=env.world_size)
+        global PROCESS_GROUP_STARTED
+        PROCESS_GROUP_STARTED = True
     elif strategy == "single" and env.world_size > 1:
         raise ValueError(
             f"strategy: single, but the launcher started {env.world_size} processes (WORLD_SIZE); they would train "

@@ -11,6 +11,7 @@ optimizer over the engine's views -> loop -> held-out evaluation -> summary.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -21,7 +22,9 @@ import yaml
 from .components import build_engine, make_loss, make_model, optimizer_scalars
 from .config import Config
 from .data import GlobalBatches, load_dataset
-from .engine import DistEnv, device_for, init_distributed, resolve_strategy, shutdown
+from .checkpoint import MARKER, TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from .engine import DistEnv, device_for, full_state, init_distributed, resolve_strategy, shutdown
+from .errors import ConfigError
 from .tracking import Tracker, peak_memory_mb
 
 
@@ -48,44 +51,120 @@ def _train(cfg: Config, env) -> dict:
 
     batches = GlobalBatches(len(data.train.x), cfg.data.batch_size, cfg.data.seed, env.rank, env.world_size)
     total = cfg.train.epochs * batches.steps_per_epoch
+    checkpoints = run_dir / "checkpoints"
+    trainer = _resume(cfg, checkpoints, engine)
+    stop = StopRequest.install()  # SIGTERM / SIGUSR1 (SLURM preemption): checkpoint, then leave
     tracker = Tracker(cfg, env.is_main, run_dir, total)
-    step, started, last_log = 0, time.perf_counter(), time.perf_counter()
+    tracker.advance(trainer.step)
+    session_start, started, last_log = trainer.step, time.perf_counter(), time.perf_counter()
+    stopped = None
     wrapped.train()
-    for epoch in range(cfg.train.epochs):
-        for batch_step in range(batches.steps_per_epoch):
-            idx = batches.local_indices(epoch, batch_step)
-            x, y = data.train.x[idx].to(device), data.train.y[idx].to(device)
-            loss = loss_fn(wrapped(x), y)
-            engine.backward(loss)  # the engine averages gradients: the mean loss over the global batch
+    while trainer.step < total:
+        idx = batches.local_indices(trainer.epoch, trainer.batch)
+        x, y = data.train.x[idx].to(device), data.train.y[idx].to(device)
+        loss = loss_fn(wrapped(x), y)
+        engine.backward(loss)  # the engine averages gradients: the mean loss over the global batch
+        # One small collective per step: every rank must agree to skip a non-finite step or to stop.
+        bad, stop_now = _agree(engine.local_step_is_bad(loss), stop.requested)
+        if bad:
+            engine.skip()  # parameters and optimizer state untouched
+            trainer.skipped_steps += 1
+            trainer.consecutive_skips += 1
+            tracker.log(trainer.step, {"faults/skipped_steps": trainer.skipped_steps})
+        else:
             engine.step()
-            step += 1
-            tracker.advance()
-            if step % cfg.train.log_every == 0 or step == total:
-                now = time.perf_counter()
-                metrics = {
-                    "train/loss": _global_mean(loss.detach()),  # one collective and host sync per log
-                    "epoch": epoch,
-                    "throughput/samples_per_s": cfg.train.log_every * cfg.data.batch_size / (now - last_log),
-                    "memory/peak_mb": peak_memory_mb(),
-                }
-                metrics |= {f"{cfg.optim.name}/{k}": float(v) for k, v in optimizer_scalars(optimizer).items()}
-                tracker.log(step, metrics)
-                last_log = now
+            trainer.consecutive_skips = 0
+        trainer.step += 1
+        trainer.batch += 1
+        if trainer.batch == batches.steps_per_epoch:
+            trainer.epoch, trainer.batch = trainer.epoch + 1, 0
+        tracker.advance()
+        if trainer.consecutive_skips >= cfg.train.max_bad_steps:
+            save_checkpoint(checkpoints, trainer, wrapped, optimizer, engine.deepspeed)
+            raise TrainingError(
+                f"{trainer.consecutive_skips} optimizer steps in a row had a non-finite loss or gradient (last at step "
+                f"{trainer.step}); stopped with a checkpoint in {checkpoints}. Check the data and the model, or raise "
+                "train.max_bad_steps"
+            )
+        if trainer.step % cfg.train.log_every == 0 or trainer.step == total:
+            now = time.perf_counter()
+            metrics = {
+                "train/loss": _global_mean(loss.detach()),  # one collective and host sync per log
+                "epoch": trainer.epoch,
+                "throughput/samples_per_s": cfg.train.log_every * cfg.data.batch_size / (now - last_log),
+                "memory/peak_mb": peak_memory_mb(),
+            }
+            metrics |= {f"{cfg.optim.name}/{k}": float(v) for k, v in optimizer_scalars(optimizer).items()}
+            tracker.log(trainer.step, metrics)
+            last_log = now
+        session_done = cfg.checkpoint.session_steps and trainer.step - session_start >= cfg.checkpoint.session_steps
+        if stop_now or session_done or (cfg.checkpoint.every and trainer.step % cfg.checkpoint.every == 0):
+            save_checkpoint(checkpoints, trainer, wrapped, optimizer, engine.deepspeed, keep=cfg.checkpoint.keep)
+        if stop_now or session_done:
+            stopped = "signal" if stop_now else "session_steps"
+            break
     test_loss, test_acc = evaluate(wrapped, loss_fn, data.test.x, data.test.y, env, device)
     summary = {
         "test/accuracy": test_acc,
         "test/loss": test_loss,
-        "steps": step,
+        "steps": trainer.step,
+        "skipped_steps": trainer.skipped_steps,
         "world_size": env.world_size,
         "strategy": cfg.train.strategy,
         "optimizer": cfg.optim.name,
         "seconds": round(time.perf_counter() - started, 2),
+        "stopped_early": stopped or "no",
     }
-    tracker.log(step, {"test/accuracy": test_acc, "test/loss": test_loss})
+    tracker.log(trainer.step, {"test/accuracy": test_acc, "test/loss": test_loss})
     tracker.finish(summary)
     if env.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if stopped is None:
+        state = full_state(wrapped)  # a collective under FSDP/ZeRO-3: every rank takes part
+        if env.is_main:
+            torch.save(state, run_dir / "final_params.pt")
     return summary
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue; a checkpoint was written first."""
+
+
+class StopRequest:
+    """Set by SIGTERM or SIGUSR1 (what SLURM sends before preemption or the time limit)."""
+
+    def __init__(self):
+        self.requested = False
+
+    @classmethod
+    def install(cls) -> "StopRequest":
+        stop = cls()
+
+        def handler(signum, frame):
+            stop.requested = True
+
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, handler)
+        return stop
+
+
+def _agree(bad: bool, stop: bool) -> tuple[bool, bool]:
+    """Any rank's non-finite step or stop request counts for all: one MAX over a 2-element vector."""
+    flags = torch.tensor([float(bad), float(stop)])
+    if dist.is_initialized():
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return bool(flags[0]), bool(flags[1])
+
+
+def _resume(cfg: Config, checkpoints: Path, engine) -> TrainerState:
+    if cfg.checkpoint.resume == "never":
+        return TrainerState()
+    path = latest_checkpoint(checkpoints) if cfg.checkpoint.resume == "auto" else Path(cfg.checkpoint.resume)
+    if path is None:
+        return TrainerState()
+    if not (path / MARKER).is_file():
+        raise ConfigError(f"checkpoint.resume: {str(path)!r} is not a complete checkpoint (no {MARKER} file)")
+    return load_checkpoint(path, engine.model, engine.optimizer, engine.deepspeed)
 
 
 @torch.no_grad()
