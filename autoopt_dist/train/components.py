@@ -12,6 +12,7 @@ from ..optim import AGD, agd_init_
 from .config import Config
 from .errors import ConfigError
 from .data import Dataset
+from .trainstep import TrainStep
 from .engine import ZERO_STRATEGIES, deepspeed_config, deepspeed_initialize, layout_of, optimizer_params, wrap_model
 
 
@@ -58,65 +59,16 @@ def make_optimizer(cfg: Config, wrapped: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, foreach=True)
 
 
-class Engine:
-    """The three calls a training step makes, whatever wraps the model.
-
-    PyTorch engines: backward is `loss.backward()`, step is `optimizer.step()` then `zero_grad`.
-    DeepSpeed: its engine owns both (it reduces, partitions and calls our optimizer per part).
-    """
-
-    def __init__(self, model, optimizer, deepspeed_engine=None):
-        self.model, self.optimizer, self._ds = model, optimizer, deepspeed_engine
-
-    @property
-    def deepspeed(self):
-        return self._ds
-
-    @torch.no_grad()
-    def local_step_is_bad(self, loss: torch.Tensor) -> bool:
-        """A non-finite loss, or a non-finite local gradient (under DeepSpeed the gradients sit in its
-        partitions until step(); a non-finite gradient there comes from a non-finite loss)."""
-        if not torch.isfinite(loss).all():
-            return True
-        if self._ds is not None:
-            return False
-        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if not grads:
-            return False
-        local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
-        return not bool(torch.isfinite(torch.stack(torch._foreach_norm(local))).all())
-
-    def skip(self) -> None:
-        """Drop this step's gradients without touching parameters or optimizer state."""
-        if self._ds is not None:
-            self._ds.optimizer.zero_grad(set_to_none=True)
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        if self._ds is not None:
-            self._ds.backward(loss)
-        else:
-            loss.backward()
-
-    def step(self) -> None:
-        if self._ds is not None:
-            self._ds.step()
-        else:
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-
-
-def build_engine(cfg: Config, model: nn.Module, device: torch.device, world_size: int) -> Engine:
+def build_engine(cfg: Config, model: nn.Module, device: torch.device, world_size: int) -> TrainStep:
     """Wrap the bare model for `train.strategy` and build the optimizer over the engine's layout."""
-    strategy = cfg.train.strategy
+    strategy, accum, bf16 = cfg.train.strategy, cfg.train.grad_accum, cfg.train.precision == "bf16"
     if strategy in ZERO_STRATEGIES:
         optimizer = make_optimizer(cfg, model.to(device))  # DeepSpeed's client optimizer, rebound to ZeRO views
-        config = deepspeed_config(strategy, cfg.data.batch_size // world_size)
+        config = deepspeed_config(strategy, cfg.data.batch_size // (world_size * accum), accum, bf16=bf16)
         ds = deepspeed_initialize(model, optimizer, config)
-        return Engine(ds, optimizer, ds)
+        return TrainStep(ds, optimizer, strategy, accum, bf16, device, deepspeed_engine=ds)
     wrapped = wrap_model(model, strategy, device)
-    return Engine(wrapped, make_optimizer(cfg, wrapped))
+    return TrainStep(wrapped, make_optimizer(cfg, wrapped), strategy, accum, bf16, device)
 
 
 def optimizer_scalars(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

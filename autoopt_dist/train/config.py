@@ -89,8 +89,12 @@ class TrainConfig:
     seed: int = 0  # model initialisation, same on every rank
     log_every: int = 10  # optimizer steps between metric logs (one host sync each)
     max_bad_steps: int = 5  # non-finite steps in a row before the run stops (with a checkpoint)
+    grad_accum: int = 1  # micro-batches per optimizer step on each rank; statistics once, on their mean
+    precision: str = "fp32"  # fp32 | bf16 (autocast forward; DeepSpeed bf16 under ZeRO); statistics stay fp32
 
     def __post_init__(self):
+        _positive("train.grad_accum", self.grad_accum)
+        _choice("train.precision", self.precision, ("fp32", "bf16"))
         _positive("train.max_bad_steps", self.max_bad_steps)
         _choice("train.strategy", self.strategy, ("auto",) + STRATEGIES)
         _choice("train.loss", self.loss, LOSSES)
@@ -141,10 +145,11 @@ class Config:
 
     def check_world(self, world_size: int) -> None:
         """Checks that need the launcher's world size."""
-        if self.data.batch_size % world_size:
+        parts = world_size * self.train.grad_accum
+        if self.data.batch_size % parts:
             raise ConfigError(
-                f"data.batch_size: {self.data.batch_size} does not split evenly over {world_size} processes; "
-                f"use a multiple of {world_size}"
+                f"data.batch_size: {self.data.batch_size} does not split evenly over {world_size} processes x "
+                f"{self.train.grad_accum} micro-batches (train.grad_accum); use a multiple of {parts}"
             )
 
     def to_dict(self) -> dict[str, Any]:

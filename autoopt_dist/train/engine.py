@@ -226,10 +226,7 @@ def _flat_original_names(model: nn.Module) -> set[str]:
 
 
 def _deepspeed_full_state(engine) -> dict[str, torch.Tensor]:
-    params = list(engine.module.named_parameters())
-    if engine.zero_optimization_stage() == 3:
-        import deepspeed
+    """The fp32 master values (not the bf16 model copy), gathered: one collective per parameter."""
+    from deepspeed.utils import safe_get_full_fp32_param
 
-        with deepspeed.zero.GatheredParameters([p for _, p in params]):
-            return {clean_name(n): p.detach().clone() for n, p in params}
-    return {clean_name(n): p.detach().clone() for n, p in params}
+    return {clean_name(n): safe_get_full_fp32_param(p).detach().clone() for n, p in engine.module.named_parameters()}

@@ -62,8 +62,7 @@ def _train(cfg: Config, env) -> dict:
     while trainer.step < total:
         idx = batches.local_indices(trainer.epoch, trainer.batch)
         x, y = data.train.x[idx].to(device), data.train.y[idx].to(device)
-        loss = loss_fn(wrapped(x), y)
-        engine.backward(loss)  # the engine averages gradients: the mean loss over the global batch
+        loss = engine.forward_backward(x, y, loss_fn)  # gradient of the mean loss over the global batch
         # One small collective per step: every rank must agree to skip a non-finite step or to stop.
         bad, stop_now = _agree(engine.local_step_is_bad(loss), stop.requested)
         if bad:
@@ -80,7 +79,7 @@ def _train(cfg: Config, env) -> dict:
             trainer.epoch, trainer.batch = trainer.epoch + 1, 0
         tracker.advance()
         if trainer.consecutive_skips >= cfg.train.max_bad_steps:
-            save_checkpoint(checkpoints, trainer, wrapped, optimizer, engine.deepspeed)
+            save_checkpoint(checkpoints, trainer, wrapped, optimizer, engine.deepspeed, keep=cfg.checkpoint.keep)
             raise TrainingError(
                 f"{trainer.consecutive_skips} optimizer steps in a row had a non-finite loss or gradient (last at step "
                 f"{trainer.step}); stopped with a checkpoint in {checkpoints}. Check the data and the model, or raise "
@@ -103,7 +102,7 @@ def _train(cfg: Config, env) -> dict:
         if stop_now or session_done:
             stopped = "signal" if stop_now else "session_steps"
             break
-    test_loss, test_acc = evaluate(wrapped, loss_fn, data.test.x, data.test.y, env, device)
+    test_loss, test_acc = evaluate(engine, loss_fn, data.test.x, data.test.y, env, device)
     summary = {
         "test/accuracy": test_acc,
         "test/loss": test_loss,
@@ -168,12 +167,13 @@ def _resume(cfg: Config, checkpoints: Path, engine) -> TrainerState:
 
 
 @torch.no_grad()
-def evaluate(model, loss_fn, x, y, env, device) -> tuple[float, float]:
+def evaluate(engine, loss_fn, x, y, env, device) -> tuple[float, float]:
     """Held-out loss and accuracy over the whole split: each rank scores its share, one SUM combines.
     Every rank runs exactly one forward (FSDP needs all ranks in each forward), possibly on fewer rows."""
+    model = engine.model
     model.eval()
     xs, ys = x.tensor_split(env.world_size)[env.rank], y.tensor_split(env.world_size)[env.rank]
-    out = model(xs.to(device))
+    out = engine.forward(xs.to(device))
     totals = torch.tensor(
         [loss_fn(out, ys.to(device)).item() * len(ys) if len(ys) else 0.0,
          (out.argmax(1) == ys.to(device)).sum().item(), len(ys)], dtype=torch.float64, device=device)

@@ -160,3 +160,17 @@ def test_channels_last_weights_step_like_contiguous():
     AGD([a.weight]).step()
     AGD([b.weight]).step()
     torch.testing.assert_close(a.weight, b.weight)
+
+
+def test_bf16_parameters_get_fp32_statistics():
+    torch.manual_seed(0)
+    w32 = nn.Parameter(torch.randn(6, 5))
+    w16 = nn.Parameter(w32.detach().to(torch.bfloat16))
+    g = torch.randn(6, 5)
+    w32.grad, w16.grad = g.clone(), g.to(torch.bfloat16)
+    opt32, opt16 = AGD([w32]), AGD([w16])
+    assert opt16._dtype == torch.float32
+    opt32.step(), opt16.step()
+    # G from the bf16 gradient accumulated in fp32: within bf16's rounding of g, not of the sum.
+    assert opt16.last_scalars["G"].dtype == torch.float32
+    assert abs(opt16.last_scalars["G"].item() - opt32.last_scalars["G"].item()) < 1e-2 * opt32.last_scalars["G"].item()
