@@ -18,7 +18,18 @@ def main(argv: list[str] | None = None) -> int:
     p_train = sub.add_parser("train", help="train a model from a YAML config")
     p_train.add_argument("config", nargs="?", help="YAML file (defaults: digits, MLP, AGD, FSDP2)")
     p_train.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.gain=2")
+    p_plan = sub.add_parser("plan", help="validate a recipe and size it per GPU, without data or GPUs")
+    p_plan.add_argument("rest", nargs=argparse.REMAINDER, help="CONFIG [overrides] --nodes N --gpus-per-node G")
     args = parser.parse_args(argv)
+    if args.command == "plan":
+        try:
+            from .plan import main as plan_main
+
+            plan_main(args.rest)
+            return 0
+        except ConfigError as e:
+            print(f"autoopt: error: {e}", file=sys.stderr)
+            return 2
     try:
         cfg = load_config(args.config, args.overrides)
         from .train.loop import train  # torch imports after the config is known to be valid

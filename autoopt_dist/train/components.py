@@ -18,20 +18,24 @@ from .engine import ZERO_STRATEGIES, deepspeed_config, deepspeed_initialize, lay
 
 def make_model(cfg: Config, data: Dataset) -> nn.Module:
     """The bare model, initialised on full tensors (same seed on every rank), before any wrapping."""
+    return make_model_for(cfg, tuple(data.train.x.shape[1:]), data.num_classes)
+
+
+def make_model_for(cfg: Config, input_shape: tuple[int, ...], num_classes: int, initialise: bool = True) -> nn.Module:
     m = cfg.model
     if m.name == "mlp":
-        model = MLP(data.in_features, m.width, m.depth, data.num_classes, agd_compatible=m.agd_compatible)
+        model = MLP(math.prod(input_shape), m.width, m.depth, num_classes, agd_compatible=m.agd_compatible)
     else:
-        if data.train.x.dim() != 4:
+        if len(input_shape) != 3:
             raise ConfigError(
-                f"model.name: {m.name} needs image data (N, C, H, W); data.name {cfg.data.name} gives "
-                f"{tuple(data.train.x.shape[1:])}. Use model.name=mlp"
+                f"model.name: {m.name} needs image data (C, H, W); data.name {cfg.data.name} gives "
+                f"{input_shape}. Use model.name=mlp"
             )
         model = build_model(
-            m.name, num_classes=data.num_classes, stem="cifar", width=m.width,
-            agd_compatible=m.agd_compatible, in_channels=data.train.x.shape[1],
+            m.name, num_classes=num_classes, stem="cifar" if input_shape[-1] <= 64 else "imagenet",
+            width=m.width, agd_compatible=m.agd_compatible, in_channels=input_shape[0],
         )
-    if cfg.optim.name == "agd":
+    if initialise and cfg.optim.name == "agd":
         agd_init_(model)
     return model
 
@@ -50,10 +54,13 @@ def make_loss(cfg: Config, num_classes: int):
 
 
 def make_optimizer(cfg: Config, wrapped: nn.Module) -> torch.optim.Optimizer:
-    params = optimizer_params(wrapped)
+    return make_optimizer_for(cfg, optimizer_params(wrapped), layout_of(wrapped))
+
+
+def make_optimizer_for(cfg: Config, params, layout) -> torch.optim.Optimizer:
     o = cfg.optim
     if o.name == "agd":
-        return AGD(params, gain=o.gain, layout=layout_of(wrapped))
+        return AGD(params, gain=o.gain, layout=layout)
     if o.name == "adamw":
         return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, foreach=True)
     return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, foreach=True)
