@@ -20,12 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.gain=2")
     p_plan = sub.add_parser("plan", help="validate a recipe and size it per GPU, without data or GPUs")
     p_plan.add_argument("rest", nargs=argparse.REMAINDER, help="CONFIG [overrides] --nodes N --gpus-per-node G")
+    p_sweep = sub.add_parser("sweep", help="accuracy against a hyperparameter, one line per optimizer")
+    p_sweep.add_argument("rest", nargs=argparse.REMAINDER, help="CONFIG [overrides] --param KEY --log-grid LO:HI:N ...")
     args = parser.parse_args(argv)
-    if args.command == "plan":
+    if args.command in ("plan", "sweep"):
         try:
-            from .plan import main as plan_main
-
-            plan_main(args.rest)
+            if args.command == "plan":
+                from .plan import main as command
+            else:
+                from .sweep import main as command
+            command(args.rest)
             return 0
         except ConfigError as e:
             print(f"autoopt: error: {e}", file=sys.stderr)

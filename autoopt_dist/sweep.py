@@ -1,0 +1,194 @@
+"""`autoopt sweep`: accuracy against a hyperparameter over orders of magnitude, one line per optimizer.
+
+    autoopt sweep configs/digits_agd.yaml --param optim.lr --log-grid 1e-5:1e0:11 \\
+        --optims agd,adamw,sgd --seeds 3 --out runs/sweep-lr
+
+Every (optimizer, value, seed) point is one single-process run of `autoopt train` with overrides. A
+point that raises or diverges is recorded (status, message), never fatal. An optimizer that does not
+read the swept hyperparameter (AGD has no learning rate) runs once per seed and is drawn as the flat
+line it is, labelled so. Outputs in --out: points/*.json (one per point), results.csv, sweep.png, and a
+summary of each optimizer's spread over the grid (best, worst, max-min of the seed-mean).
+
+On SLURM the same command runs as an array: `--point $SLURM_ARRAY_TASK_ID` runs one point and
+`--collect` assembles the CSV and plot once all are done (slurm/sweep_array.sbatch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .train.config import load_config
+from .train.errors import ConfigError
+
+# Hyperparameters each optimizer reads; a swept key outside its set does not change its run.
+USES = {
+    "agd": {"optim.gain"},
+    "adamw": {"optim.lr", "optim.weight_decay"},
+    "sgd": {"optim.lr", "optim.momentum", "optim.weight_decay"},
+    "hyper_sgd": {"optim.lr", "optim.momentum", "optim.hyper_lr"},
+    "hyper_adam": {"optim.lr", "optim.hyper_lr"},
+    "ecco": {"optim.eta", "optim.alpha0"},
+}
+
+
+@dataclass(frozen=True)
+class Point:
+    optimizer: str
+    value: float | None  # None: the optimizer ignores the swept key
+    seed: int
+
+    @property
+    def name(self) -> str:
+        v = "na" if self.value is None else f"{self.value:.3e}"
+        return f"{self.optimizer}_{v}_s{self.seed}"
+
+
+def log_grid(spec: str) -> list[float]:
+    """'1e-5:1e0:11' -> 11 values evenly spaced in log10 from 1e-5 to 1."""
+    try:
+        lo, hi, n = spec.split(":")
+        lo, hi, n = float(lo), float(hi), int(n)
+    except ValueError:
+        raise ConfigError(f"--log-grid: {spec!r} must look like LOW:HIGH:COUNT, e.g. 1e-5:1e0:11") from None
+    if lo <= 0 or hi <= lo or n < 2:
+        raise ConfigError(f"--log-grid: {spec!r} needs 0 < LOW < HIGH and COUNT >= 2")
+    return [float(v) for v in np.logspace(math.log10(lo), math.log10(hi), n)]
+
+
+def points(param: str, grid: list[float], optims: list[str], seeds: int) -> list[Point]:
+    out = []
+    for opt in optims:
+        if opt not in USES:
+            raise ConfigError(f"--optims: unknown optimizer {opt!r}; known: {', '.join(USES)}")
+        values = grid if param in USES[opt] else [None]
+        out += [Point(opt, v, s) for v in values for s in range(seeds)]
+    return out
+
+
+def run_point(config: str, overrides: list[str], param: str, point: Point, out: Path) -> dict:
+    from .train.loop import TrainingError, train
+
+    args = [*overrides, f"optim.name={point.optimizer}", f"train.seed={point.seed}", f"data.seed={point.seed}",
+            "train.strategy=single", "track.wandb=disabled", f"track.out_dir={out / 'runs'}",
+            f"track.run_name={point.name}", "checkpoint.resume=never"]
+    if point.value is not None:
+        args.append(f"{param}={point.value!r}")
+    if point.optimizer != "agd":
+        args.append("model.agd_compatible=false")
+    record = {"optimizer": point.optimizer, "value": point.value, "seed": point.seed}
+    try:
+        summary = train(load_config(config, args))
+        acc = summary["test/accuracy"]
+        record |= {"status": "ok" if math.isfinite(summary["test/loss"]) else "diverged", "accuracy": acc,
+                   "loss": summary["test/loss"]}
+    except (TrainingError, FloatingPointError, RuntimeError, ValueError) as e:
+        record |= {"status": "failed", "accuracy": float("nan"), "loss": float("nan"), "error": str(e).splitlines()[0]}
+    (out / "points").mkdir(parents=True, exist_ok=True)
+    (out / "points" / f"{point.name}.json").write_text(json.dumps(record))
+    return record
+
+
+def collect(out: Path, param: str, grid: list[float]) -> list[dict]:
+    records = [json.loads(p.read_text()) for p in sorted((out / "points").glob("*.json"))]
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["optimizer", "value", "seed", "status", "accuracy", "loss", "error"])
+        writer.writeheader()
+        for r in records:
+            writer.writerow({k: r.get(k, "") for k in writer.fieldnames})
+    summary = spread(records, grid)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot(records, summary, param, grid, out / "sweep.png")
+    return records
+
+
+def _curve(records: list[dict], optimizer: str, grid: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Seed-mean and seed-std of accuracy at each grid value (a flat line for an optimizer that
+    ignores the key); a failed point counts as accuracy 0 (chance would flatter a divergence less)."""
+    rows = [r for r in records if r["optimizer"] == optimizer]
+    def acc(r):
+        return r["accuracy"] if r["status"] == "ok" and math.isfinite(r["accuracy"]) else 0.0
+    if rows and rows[0]["value"] is None:
+        a = np.array([acc(r) for r in rows])
+        return np.full(len(grid), a.mean()), np.full(len(grid), a.std())
+    mean, std = [], []
+    for v in grid:
+        a = np.array([acc(r) for r in rows if r["value"] is not None and math.isclose(r["value"], v, rel_tol=1e-9)])
+        mean.append(a.mean() if len(a) else np.nan)
+        std.append(a.std() if len(a) else np.nan)
+    return np.array(mean), np.array(std)
+
+
+def spread(records: list[dict], grid: list[float]) -> dict:
+    out = {}
+    for opt in sorted({r["optimizer"] for r in records}):
+        mean, _ = _curve(records, opt, grid)
+        failed = sum(r["status"] != "ok" for r in records if r["optimizer"] == opt)
+        out[opt] = {"best": float(np.nanmax(mean)), "worst": float(np.nanmin(mean)),
+                    "spread": float(np.nanmax(mean) - np.nanmin(mean)), "failed_points": failed,
+                    "reads_swept_key": records and any(r["value"] is not None for r in records if r["optimizer"] == opt)}
+    return out
+
+
+def plot(records, summary, param, grid, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for opt in summary:
+        mean, std = _curve(records, opt, grid)
+        label = opt if summary[opt]["reads_swept_key"] else f"{opt} (no {param})"
+        style = "-o" if summary[opt]["reads_swept_key"] else "--"
+        ax.plot(grid, mean, style, label=label, markersize=4)
+        ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel(param)
+    ax.set_ylabel("held-out accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="autoopt sweep")
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--param", required=True, help="dotted key, e.g. optim.lr")
+    parser.add_argument("--log-grid", required=True, help="LOW:HIGH:COUNT")
+    parser.add_argument("--optims", default="agd,adamw,sgd")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--out", default="runs/sweep")
+    parser.add_argument("--point", type=int, default=None, help="run only this point (a SLURM array task)")
+    parser.add_argument("--collect", action="store_true", help="only assemble results.csv, summary and plot")
+    parser.add_argument("--list", action="store_true", help="print the number of points and exit")
+    args = parser.parse_args(argv)
+    grid = log_grid(args.log_grid)
+    todo = points(args.param, grid, args.optims.split(","), args.seeds)
+    load_config(args.config, args.overrides)  # fail before any run on a bad config
+    out = Path(args.out)
+    if args.list:
+        print(len(todo))
+        return
+    if args.point is not None:
+        if not 0 <= args.point < len(todo):
+            raise ConfigError(f"--point: {args.point} outside 0..{len(todo) - 1}")
+        run_point(args.config, args.overrides, args.param, todo[args.point], out)
+        return
+    if not args.collect:
+        for p in todo:
+            run_point(args.config, args.overrides, args.param, p, out)
+    collect(out, args.param, grid)
+    for opt, s in spread([json.loads(p.read_text()) for p in (out / "points").glob("*.json")], grid).items():
+        print(f"{opt:>12}: best {s['best']:.3f}  worst {s['worst']:.3f}  spread {s['spread']:.3f}  failed {s['failed_points']}")
+    print(f"wrote {out / 'results.csv'} and {out / 'sweep.png'}")
