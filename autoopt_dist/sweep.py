@@ -32,8 +32,8 @@ USES = {
     "agd": {"optim.gain"},
     "adamw": {"optim.lr", "optim.weight_decay"},
     "sgd": {"optim.lr", "optim.momentum", "optim.weight_decay"},
-    "hyper_sgd": {"optim.lr", "optim.momentum", "optim.hyper_lr"},
-    "hyper_adam": {"optim.lr", "optim.hyper_lr"},
+    "hyper_sgd": {"optim.lr", "optim.momentum", "optim.hyper_lrs"},
+    "hyper_adam": {"optim.lr", "optim.betas", "optim.hyper_lrs"},
     "ecco": {"optim.eta", "optim.alpha0"},
 }
 

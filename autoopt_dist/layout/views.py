@@ -66,7 +66,9 @@ class LocalView:
     def sharded(self) -> bool:
         return self.group is not None
 
-    def _select(self, t: torch.Tensor) -> torch.Tensor:
+    def select(self, t: torch.Tensor) -> torch.Tensor:
+        """This view's elements of `t`, a tensor laid out like `param` (its data, gradient or a state
+        buffer shaped like it): the local block, or the fragment's 1-D run."""
         t = local_tensor(t)
         if self.shaped:
             return t
@@ -74,11 +76,11 @@ class LocalView:
 
     def data(self) -> torch.Tensor:
         """The local elements, as a view: in-place updates reach the engine's parameter."""
-        return self._select(self.param.data)
+        return self.select(self.param.data)
 
     def grad(self) -> torch.Tensor | None:
         """The local gradient elements (a view), or None if the parameter got no gradient."""
-        return None if self.param.grad is None else self._select(self.param.grad)
+        return None if self.param.grad is None else self.select(self.param.grad)
 
 
 def _is_dtensor(t: torch.Tensor) -> bool:

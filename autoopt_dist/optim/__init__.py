@@ -2,5 +2,8 @@
 
 from .agd import AGD, agd_init_, agd_scale, agd_scalars
 from .base import ShardedOptimizer
+from .ecco import ECCO
+from .hypergrad import HyperAdam, HyperSGD
+from .slimtik import SlimTikHead
 
-__all__ = ["AGD", "ShardedOptimizer", "agd_init_", "agd_scalars", "agd_scale"]
+__all__ = ["AGD", "ECCO", "HyperAdam", "HyperSGD", "ShardedOptimizer", "SlimTikHead", "agd_init_", "agd_scalars", "agd_scale"]

@@ -99,23 +99,33 @@ class AGD(ShardedOptimizer):
         partial = {v.info.name: v.sharded for v in views}
         self._partial = torch.cat([torch.full((i.taps,), partial[n], dtype=torch.bool) for n, i in originals.items()])
         self._index = torch.cat([torch.arange(offsets[v.info.name], offsets[v.info.name] + v.info.taps) for v in views])
+        self._on_device: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(index, partial mask, scale) on `device`, copied there once rather than every step."""
+        if device not in self._on_device:
+            self._on_device[device] = tuple(t.to(device) for t in (self._index, self._partial, self._scale))
+        return self._on_device[device]
 
     @torch.no_grad()
     def step(self, closure=None):
         loss = self._closure_loss(closure)
         device = self.views[0].param.device
+        index, partial, scale = self._constants(device)
         local = torch.cat([tap_sum_of_squares(v, v.grad(), self._dtype) for v in self.views])
-        q = torch.zeros(self._scale.numel(), dtype=self._dtype, device=device).index_add_(0, self._index.to(device), local)
-        q = self.reducer.sum({"q": (q, self._partial.to(device))})["q"]
-        G, eta, factor = agd_scalars(q, self._scale.to(device), self._num_weights)
-        for group, views in zip(self.param_groups, self.group_views):
-            for view in views:
+        q = torch.zeros(scale.numel(), dtype=self._dtype, device=device).index_add_(0, index, local)
+        q = self.reducer.sum({"q": (q, partial)})["q"]
+        G, eta, factor = agd_scalars(q, scale, self._num_weights)
+        # Update in the reverse order of the statistics pass: the gradients it read last are the ones
+        # still in the last-level cache (measured ~10% off a ResNet-18 step on CPU, benchmarks/README.md).
+        for group, views in reversed(list(zip(self.param_groups, self.group_views))):
+            group_factor = factor * -group["gain"]
+            for view in reversed(views):
                 grad = view.grad()
                 if grad is None:
                     continue
                 offset = self._offsets[view.info.name]
-                tap_factor = factor[offset : offset + view.info.taps] * -group["gain"]
-                add_scaled_by_tap_(view, view.data(), grad, tap_factor)
+                add_scaled_by_tap_(view, view.data(), grad, group_factor[offset : offset + view.info.taps])
         self.last_scalars = {"eta": eta, "G": G}
         return loss
 

@@ -252,6 +252,7 @@ class ECCO(ShardedOptimizer):
             self._slot.append(per_param.get(id(view.param), 0))
             per_param[id(view.param)] = self._slot[-1] + 1
         self._slots_of = per_param
+        self._limit_names = getattr(self, "_limit_names", {})
         self._limited = [self._limited_layer(m, views) for m in self._limit_modules]
         if len({id(layer.module) for layer in self._limited}) != len(self._limited):
             raise ValueError("ECCO limit: a module is listed twice")
@@ -281,6 +282,13 @@ class ECCO(ShardedOptimizer):
             found = next((i for i, v in enumerate(views) if param is not None and v.param is param), None)
             if found is None:
                 found = _fsdp1_flat_owner_views(views, module, name)
+            key = (id(module), name)
+            if found is None and key in self._limit_names:
+                # Rebound views (DeepSpeed swaps the tensors for flat partitions after construction): the
+                # original parameter's name, recorded when it was first found, still identifies it.
+                found = next((i for i, v in enumerate(views) if v.info.name == self._limit_names[key]), None)
+            if found is not None:
+                self._limit_names[key] = views[found].info.name
             if found is None and name == "bias" and getattr(module, "bias", None) is None:
                 index[name] = None  # a Linear without bias: its weight is limited alone
                 continue

@@ -98,11 +98,6 @@ def tower_step(
     return new_values, kappa, H + E
 
 
-def _select(view: LocalView, tensor: torch.Tensor) -> torch.Tensor:
-    """The elements of a state tensor laid out like `view.param` that this view holds (as view.data())."""
-    return view._select(tensor)
-
-
 def _dot(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.dot(a.reshape(-1).to(dtype), b.reshape(-1).to(dtype))
 
@@ -147,7 +142,7 @@ class _HypergradientTower(ShardedOptimizer):
         state = self.state[view.param]
         if key not in state:
             state[key] = torch.full_like(view.param.detach(), fill, memory_format=torch.preserve_format)
-        return _select(view, state[key])
+        return view.select(state[key])
 
     def _reduced_hypergradients(self) -> list[list[float]]:
         """<grad, buffer> per group and direction, summed over all parameters and ranks: one AR-SUM.
@@ -166,7 +161,7 @@ class _HypergradientTower(ShardedOptimizer):
                 for i, key in enumerate(group_keys):
                     if grad is not None and key in state and view.numel:
                         index.append(offset + i + (0 if view.sharded else total))
-                        dots.append(_dot(grad, _select(view, state[key]), self._dtype))
+                        dots.append(_dot(grad, view.select(state[key]), self._dtype))
             offset += len(group_keys)
         local = torch.zeros(2 * total, dtype=self._dtype, device=device)
         if dots:

@@ -4,13 +4,22 @@ A conv weight (d_out, d_in, kx, ky) is kx*ky independent (d_out, d_in) matrices,
 row-major flattening element j belongs to tap `j mod taps`. A shaped view (whole rows) reduces over its
 first two dims. A flat view is split into a head (the end of a row it starts inside), a body of whole
 rows, and a tail (the start of the row it ends inside); all three are views, so nothing is copied.
+
+Both passes are memory-bound, so they are written to stream each gradient once at full width
+(benchmarks/README.md): sums of squares over rows accumulate into a cache-sized buffer on CPU, and the
+update multiplies by a factor laid out like one whole row, never by a (kx, ky)-shaped broadcast.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..layout import LocalView
+
+# Elements of the CPU row-block accumulator (1 MiB in fp32): small enough to stay in a core's L2 cache.
+_BLOCK = 1 << 18
 
 
 def _flat_pieces(view: LocalView) -> tuple[int, int, int, int]:
@@ -37,18 +46,38 @@ def tap_sum_of_squares(view: LocalView, grad: torch.Tensor | None, dtype: torch.
         # Identity for SUM: empty shards and absent gradients still take part in the collective.
         return torch.zeros(taps, dtype=dtype, device=view.param.device)
     if view.shaped:
-        dims = (0, 1) if grad.dim() > 2 else tuple(range(grad.dim()))
-        return torch.linalg.vector_norm(grad, dim=dims, dtype=dtype).square().reshape(taps)
+        if grad.dim() < 2:  # a vector: one tap, all elements
+            return torch.linalg.vector_norm(grad, dtype=dtype).square().reshape(1)
+        # Sum over rows per element of a row (d_in, kx, ky), then over d_in: per tap.
+        return _sum_of_squares_over_rows(grad, dtype).reshape(-1, taps).sum(0)
     phase, head, body, tail = _flat_pieces(view)
     out = torch.zeros(taps, dtype=dtype, device=grad.device)
-    g = grad.to(dtype)
     if head:
-        out[phase : phase + head] += g[:head].square()
+        out[phase : phase + head] += grad[:head].to(dtype).square()
     if body:
-        out += g[head : head + body].view(-1, taps).square().sum(0)
+        out += _sum_of_squares_over_rows(grad[head : head + body].view(-1, taps), dtype)
     if tail:
-        out[:tail] += g[head + body :].square()
+        out[:tail] += grad[head + body :].to(dtype).square()
     return out
+
+
+def _sum_of_squares_over_rows(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """sum_i x[i]^2 over the first dim, in `dtype`: a tensor shaped like one row `x[0]`.
+
+    On CPU, ATen's reductions over a leading (outer) dim run well below memory bandwidth, and
+    `x.square().sum(0)` also writes and rereads a temporary as large as x. So blocks of rows are
+    squared and added into an accumulator of a few rows, which stays in cache while x streams through
+    once; the accumulator's rows are summed at the end. Other devices reduce directly.
+    """
+    if x.device.type != "cpu":
+        return torch.linalg.vector_norm(x, dim=0, dtype=dtype).square()
+    rows = x.shape[0]
+    block = max(1, min(rows, _BLOCK // max(1, math.prod(x.shape[1:]))))
+    acc = x[:block].to(dtype).square()
+    for start in range(block, rows, block):
+        rows_in = x[start : start + block].to(dtype)
+        acc[: rows_in.shape[0]].addcmul_(rows_in, rows_in)
+    return acc.sum(0)
 
 
 def add_scaled_by_tap_(view: LocalView, data: torch.Tensor, grad: torch.Tensor, factor: torch.Tensor) -> None:
@@ -57,8 +86,14 @@ def add_scaled_by_tap_(view: LocalView, data: torch.Tensor, grad: torch.Tensor, 
         return
     factor = factor.to(data.dtype)
     if view.shaped:
-        shape = (1, 1, *view.info.shape[2:]) if grad.dim() > 2 else (1,) * grad.dim()
-        data.addcmul_(grad, factor.view(shape))
+        if grad.dim() < 2:
+            data.addcmul_(grad, factor.view((1,) * grad.dim()))
+            return
+        # The factor of every element of one row (d_in, kx, ky), tap-minor like the row itself: the
+        # broadcast then runs over rows only, with a contiguous inner loop of d_in * taps elements
+        # instead of kx * ky (a (1, 1, kx, ky) factor makes that loop a few elements long).
+        row = factor.expand(view.info.shape[1], view.info.taps).reshape(view.info.shape[1:])
+        data.addcmul_(grad, row)
         return
     phase, head, body, tail = _flat_pieces(view)
     taps = view.info.taps

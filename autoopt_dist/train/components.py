@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..models import MLP, build_model
-from ..optim import AGD, agd_init_
+from ..optim import AGD, ECCO, HyperAdam, HyperSGD, agd_init_
 from .config import Config
 from .errors import ConfigError
 from .data import Dataset
@@ -54,13 +54,20 @@ def make_loss(cfg: Config, num_classes: int):
 
 
 def make_optimizer(cfg: Config, wrapped: nn.Module) -> torch.optim.Optimizer:
-    return make_optimizer_for(cfg, optimizer_params(wrapped), layout_of(wrapped))
+    return make_optimizer_for(cfg, optimizer_params(wrapped), layout_of(wrapped), wrapped)
 
 
-def make_optimizer_for(cfg: Config, params, layout) -> torch.optim.Optimizer:
+def make_optimizer_for(cfg: Config, params, layout, model: nn.Module | None = None) -> torch.optim.Optimizer:
     o = cfg.optim
+    if o.name == "ecco":
+        limit = _hidden_linears(model) if o.ecco_limit else None
+        return ECCO(params, eta=o.eta, alpha0=o.alpha0, mode=o.ecco_mode, limit=limit, layout=layout)
     if o.name == "agd":
         return AGD(params, gain=o.gain, layout=layout)
+    if o.name == "hyper_sgd":
+        return HyperSGD(params, lr=o.lr, momentum=o.momentum, hyper_lrs=tuple(o.hyper_lrs), layout=layout)
+    if o.name == "hyper_adam":
+        return HyperAdam(params, lr=o.lr, betas=tuple(o.betas), hyper_lrs=tuple(o.hyper_lrs), layout=layout)
     if o.name == "adamw":
         return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, foreach=True)
     return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, foreach=True)
@@ -76,6 +83,14 @@ def build_engine(cfg: Config, model: nn.Module, device: torch.device, world_size
         return TrainStep(ds, optimizer, strategy, accum, bf16, device, deepspeed_engine=ds)
     wrapped = wrap_model(model, strategy, device)
     return TrainStep(wrapped, make_optimizer(cfg, wrapped), strategy, accum, bf16, device)
+
+
+def _hidden_linears(model: nn.Module | None) -> list[nn.Module]:
+    """The Linear layers that feed an activation (all but the last), for ECCO's activation limiting."""
+    linears = [m for m in (model.modules() if model is not None else []) if isinstance(m, nn.Linear)]
+    if len(linears) < 2:
+        raise ConfigError("optim.ecco_limit: needs a model with hidden Linear layers (model.name=mlp, model.depth >= 2)")
+    return linears[:-1]
 
 
 def optimizer_scalars(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

@@ -32,7 +32,7 @@ def _positive(field_name: str, value: float, allow_zero: bool = False) -> None:
 
 DATASETS = ("digits", "mnist1d")
 MODEL_NAMES = ("mlp", "resnet18", "resnet34", "resnet50")
-OPTIMIZERS = ("agd", "adamw", "sgd")
+OPTIMIZERS = ("agd", "hyper_sgd", "hyper_adam", "ecco", "adamw", "sgd")
 LOSSES = ("mse", "xent")
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -66,19 +66,33 @@ class ModelConfig:
 
 @dataclass(kw_only=True)
 class OptimConfig:
-    name: str = "agd"  # agd has no learning rate; adamw and sgd are the tuned baselines
+    name: str = "agd"  # agd has no learning rate; hyper_* learn theirs; adamw and sgd are the tuned baselines
     gain: float = 1.0  # AGD: multiplies every update; 1 in all of the paper's experiments
-    lr: float = 1e-3  # adamw / sgd only
-    momentum: float = 0.0  # sgd only
+    lr: float = 1e-3  # adamw / sgd; the initial (learned) lr of hyper_sgd / hyper_adam
+    momentum: float = 0.0  # sgd; the initial (learned) momentum of hyper_sgd (0 keeps it off, as the reference)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # hyper_adam: initial (learned) betas
+    hyper_lrs: list[float] = field(default_factory=lambda: [1e-5])  # hyper_*: step sizes of the levels above
+    # level 1 (one entry: lr learned by SGD with that step; two: a 3-level tower); 1e-5: the reference README's
     weight_decay: float = 0.0  # adamw / sgd only
+    eta: float = 0.3  # ecco: the local-truncation-error bound, its one hyperparameter (reference default)
+    alpha0: float = 0.01  # ecco: the first step's size (reference default)
+    ecco_mode: str = "batched"  # ecco: batched (one collective) | faithful (the reference's per-tensor chain)
+    ecco_limit: bool = False  # ecco: activation limiting on the MLP's hidden Linear layers
 
     def __post_init__(self):
         _choice("optim.name", self.name, OPTIMIZERS)
+        _choice("optim.ecco_mode", self.ecco_mode, ("batched", "faithful"))
+        _positive("optim.eta", self.eta)
+        _positive("optim.alpha0", self.alpha0)
         _positive("optim.gain", self.gain)
         _positive("optim.lr", self.lr)
         _positive("optim.weight_decay", self.weight_decay, allow_zero=True)
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"optim.momentum: must be in [0, 1), got {self.momentum!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas: must be two numbers in [0, 1), got {self.betas!r}")
+        if any(h < 0 for h in self.hyper_lrs):
+            raise ConfigError(f"optim.hyper_lrs: step sizes must be >= 0, got {self.hyper_lrs!r}")
 
 
 @dataclass(kw_only=True)
@@ -200,6 +214,11 @@ def _build(cls: type, raw: Any, where: str) -> Any:
 
 
 def _coerce(field_name: str, value: Any, hint: Any) -> Any:
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, (list, tuple)):
+            value = [value]  # a single number on the command line: optim.hyper_lrs=1e-4
+        (item,) = typing.get_args(hint)
+        return [_coerce(f"{field_name}[{i}]", v, item) for i, v in enumerate(value)]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         for option in typing.get_args(hint):
             if option is type(None) and value is None:

@@ -97,18 +97,20 @@ def run_engine(case: Case, engine, data, rank, world):
     else:
         wrapped = wrap_model(spec.model, engine, torch.device("cpu"), spec.shard_modules)
         opt = case.make_optimizer(optimizer_params(wrapped), layout_of(wrapped), wrapped)
-    trace, collectives = [], []
+    trace, collectives, calls = [], [], []
     original_step = opt.step
 
     def counted_step(*args, **kwargs):
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             out = original_step(*args, **kwargs)
-        collectives.append(count_collectives(prof))
+        calls.append(count_collectives(prof))
         return out
 
     opt.step = counted_step
     for x, y in data:
+        calls.clear()  # DeepSpeed may call a client optimizer's step() once per part: sum them per step
         case.engine_step(wrapped, opt, x.chunk(world)[rank], y.chunk(world)[rank], spec.loss_fn)
+        collectives.append(sum(calls))
         trace.append(scalars(opt))
     # How many step() calls DeepSpeed makes per optimizer step (groups, or ZeRO-3 sub-groups).
     zopt = getattr(wrapped, "optimizer", None)
