@@ -85,7 +85,7 @@ def run_point(config: str, overrides: list[str], param: str, point: Point, out: 
     record = {"optimizer": point.optimizer, "value": point.value, "seed": point.seed}
     try:
         summary = train(load_config(config, args))
-        acc = summary["test/accuracy"]
+        acc = summary.get("test/accuracy", float("nan"))  # regression runs have none
         record |= {"status": "ok" if math.isfinite(summary["test/loss"]) else "diverged", "accuracy": acc,
                    "loss": summary["test/loss"]}
     except (TrainingError, FloatingPointError, RuntimeError, ValueError) as e:

@@ -50,7 +50,7 @@ _ALLOWED_GLOBALS = {
     (module, name)
     for module in ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric")
     for name in ("_reconstruct", "scalar", "_frombuffer")
-} | {("numpy", "ndarray"), ("numpy", "dtype")}
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # bytes in Python-3 protocol-2 pickles
 
 
 class _ArraysOnly(pickle.Unpickler):

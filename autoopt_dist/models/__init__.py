@@ -1,4 +1,5 @@
-"""Model families: an MLP and torchvision-named ResNets, each with an AGD-compatible variant."""
+"""Model families: an MLP, torchvision-named ResNets, CIFAR VGGs and an LSTM regressor, each with an
+AGD-compatible variant."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from typing import Any, Callable
 
 from torch import nn
 
+from .lstm import LSTMRegressor
 from .mlp import MLP
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
+from .vgg import VGG, vgg11, vgg13, vgg16, vgg19
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
@@ -16,6 +19,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet50": resnet50,
     "resnet101": resnet101,
     "resnet152": resnet152,
+    "vgg16": vgg16,
+    "lstm": LSTMRegressor,
 }
 
 
@@ -33,6 +38,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
+    "LSTMRegressor",
     "MLP",
     "MODELS",
     "BasicBlock",
@@ -44,4 +50,9 @@ __all__ = [
     "resnet50",
     "resnet101",
     "resnet152",
+    "VGG",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "vgg19",
 ]

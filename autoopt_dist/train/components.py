@@ -18,29 +18,36 @@ from .engine import ZERO_STRATEGIES, deepspeed_config, deepspeed_initialize, lay
 
 def make_model(cfg: Config, data: Dataset) -> nn.Module:
     """The bare model, initialised on full tensors (same seed on every rank), before any wrapping."""
-    return make_model_for(cfg, tuple(data.train.x.shape[1:]), data.num_classes)
+    return make_model_for(cfg, data.input_shape, data.num_classes)
 
 
 def make_model_for(cfg: Config, input_shape: tuple[int, ...], num_classes: int, initialise: bool = True) -> nn.Module:
     m = cfg.model
+    outputs = num_classes or 1  # 0 classes: regression, one target
     if m.name == "mlp":
-        model = MLP(math.prod(input_shape), m.width, m.depth, num_classes, agd_compatible=m.agd_compatible)
+        model = MLP(math.prod(input_shape), m.width, m.depth, outputs, agd_compatible=m.agd_compatible)
+    elif m.name == "lstm":
+        if len(input_shape) != 2:
+            raise ConfigError(f"model.name: lstm needs sequences (time, features); data.name {cfg.data.name} gives "
+                              f"{input_shape}. Use data.name=csv, or model.name=mlp")
+        model = build_model("lstm", input_size=input_shape[1], hidden_size=m.width, num_layers=m.depth,
+                            output_size=outputs, agd_compatible=m.agd_compatible)
     else:
-        if len(input_shape) != 3:
-            raise ConfigError(
-                f"model.name: {m.name} needs image data (C, H, W); data.name {cfg.data.name} gives "
-                f"{input_shape}. Use model.name=mlp"
-            )
-        model = build_model(
-            m.name, num_classes=num_classes, stem="cifar" if input_shape[-1] <= 64 else "imagenet",
-            width=m.width, agd_compatible=m.agd_compatible, in_channels=input_shape[0],
-        )
+        if len(input_shape) != 3 or num_classes == 0:
+            raise ConfigError(f"model.name: {m.name} needs image classification data (C, H, W); data.name "
+                              f"{cfg.data.name} gives {input_shape}. Use model.name=mlp")
+        kwargs = dict(num_classes=num_classes, width=m.width, agd_compatible=m.agd_compatible, in_channels=input_shape[0])
+        if m.name.startswith("resnet"):  # vgg16 takes no stem
+            kwargs["stem"] = "cifar" if input_shape[-1] <= 64 else "imagenet"
+        model = build_model(m.name, **kwargs)
     if initialise and cfg.optim.name == "agd":
         agd_init_(model)
     return model
 
 
 def make_loss(cfg: Config, num_classes: int):
+    if num_classes == 0:  # regression: y is (B, 1) like the output
+        return nn.MSELoss()
     if cfg.train.loss == "xent":
         return nn.CrossEntropyLoss()
     scale = math.sqrt(num_classes)

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .engine import STRATEGIES
+from .data import check_data_config
 from .errors import ConfigError
 
 
@@ -30,8 +31,7 @@ def _positive(field_name: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{field_name}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
-DATASETS = ("digits", "mnist1d")
-MODEL_NAMES = ("mlp", "resnet18", "resnet34", "resnet50")
+MODEL_NAMES = ("mlp", "resnet18", "resnet34", "resnet50", "vgg16", "lstm")
 OPTIMIZERS = ("agd", "hyper_sgd", "hyper_adam", "ecco", "adamw", "sgd")
 LOSSES = ("mse", "xent")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -39,23 +39,30 @@ WANDB_MODES = ("offline", "online", "disabled")
 
 @dataclass(kw_only=True)
 class DataConfig:
-    name: str = "digits"  # offline built-ins: scikit-learn's digits (8x8, 10 classes), mnist1d's generator
+    name: str = "digits"  # digits | mnist1d (offline built-ins) | cifar10 | cifar100 | imagefolder | imagenet
+    # (local copies) | hub (datasets.load_dataset) | csv (time-series regression); layouts in docs/data.md
+    path: str = ""  # the local folder / archive / CSV file, or the hub id for hub; unused by digits, mnist1d
     batch_size: int = 128  # GLOBAL batch per optimizer step, split evenly over ranks: same maths on 1 or N
-    test_fraction: float = 0.2  # held out for the final accuracy
-    seed: int = 0  # fixes the split and the shuffling, identically for any world size
+    test_fraction: float = 0.2  # held out where the source has no test split (digits, an image folder
+    # without val/, a hub set without test; csv: the last rows)
+    seed: int = 0  # fixes the split, the shuffling and the augmentation, identically for any world size
+    augment: str = "auto"  # auto: crop_flip for CIFAR / image folders / hub, resized_crop_flip for imagenet,
+    # none otherwise | none | flip | crop_flip (pad 4, random crop, flip) | resized_crop_flip
+    num_workers: int = 0  # processes building batches ahead (decode + augment); the batches do not depend on it
+    image_size: int = 0  # square side images are resized / cropped to; 0: native (CIFAR 32, imagenet 224,
+    # image folders and hub: the first training image's shorter side)
+    seq_len: int = 24  # csv: time steps in each input window
+    target_column: str = ""  # csv: the column to predict; empty: the last numeric column
 
     def __post_init__(self):
-        _choice("data.name", self.name, DATASETS)
-        _positive("data.batch_size", self.batch_size)
-        if not 0 < self.test_fraction < 1:
-            raise ConfigError(f"data.test_fraction: must be in (0, 1), got {self.test_fraction!r}")
+        check_data_config(self)  # names, ranges, data.path present where needed (files are checked on load)
 
 
 @dataclass(kw_only=True)
 class ModelConfig:
     name: str = "mlp"
-    width: int = 128  # hidden width (MLP) or layer1 channels (ResNet)
-    depth: int = 3  # Linear layers of the MLP
+    width: int = 128  # hidden width (MLP), first-stage channels (ResNet, VGG), hidden units (LSTM; reference 200)
+    depth: int = 3  # Linear layers of the MLP; stacked layers of the LSTM (reference 2); unused by ResNet, VGG
     agd_compatible: bool = True  # no biases, BatchNorm affine=False: the only kind AGD can step
 
     def __post_init__(self):
@@ -151,6 +158,10 @@ class Config:
     track: TrackConfig = field(default_factory=TrackConfig)
 
     def __post_init__(self):
+        if self.data.name == "csv" and self.train.loss != "mse":
+            raise ConfigError(
+                f"train.loss: {self.train.loss} needs class labels; data.name=csv is a regression task. Use train.loss=mse"
+            )
         if self.optim.name == "agd" and not self.model.agd_compatible:
             raise ConfigError(
                 "model.agd_compatible: false, but optim.name is agd; AGD steps only bias-free weights. "

@@ -30,6 +30,8 @@ from .transforms import crop_flip, example_keys, hflip, normalize
 DATA_SOURCES = ("digits", "mnist1d", "cifar10", "cifar100", "imagefolder", "imagenet", "hub", "csv")
 PATH_SOURCES = ("cifar10", "cifar100", "imagefolder", "imagenet", "hub", "csv")  # need data.path
 AUGMENTS = ("auto", "none", "flip", "crop_flip", "resized_crop_flip")
+NON_IMAGE = {"digits": "vector", "mnist1d": "vector", "csv": "sequence"}  # no augmentation applies
+IN_MEMORY_IMAGES = ("cifar10", "cifar100")  # no decode step for resized crops
 
 # Fields added with issue #5, and their defaults: load_dataset reads them with getattr, so an older
 # DataConfig (or any namespace with name / batch_size / test_fraction / seed) still works.
@@ -48,8 +50,10 @@ Split = TensorSource  # the in-memory split (x, y) of earlier versions
 
 
 def _int(field: str, value: Any, least: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < least:
-        raise ConfigError(f"{field}: must be an integer >= {least}, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{field}: expected int, got {value!r} ({type(value).__name__})")
+    if value < least:
+        raise ConfigError(f"{field}: must be {'> 0' if least == 1 else f'>= {least}'}, got {value!r}")
 
 
 def check_data_config(cfg) -> None:
@@ -70,9 +74,21 @@ def check_data_config(cfg) -> None:
     augment = _augment_name(getattr(cfg, "augment", "auto"))
     if augment not in AUGMENTS:
         raise ConfigError(f"data.augment: {augment!r} is not allowed; choose one of {', '.join(AUGMENTS)}")
+    _check_augment(name, augment)
     if name in PATH_SOURCES and not (getattr(cfg, "path", "") or ""):
         what = "a hub data set id, e.g. uoft-cs/cifar10" if name == "hub" else "the local copy of the data"
         raise ConfigError(f"data.path: data.name={name} needs data.path set to {what}")
+
+
+def _check_augment(name: str, augment: str, kind: str | None = None, file_backed: bool | None = None) -> None:
+    kind = kind or NON_IMAGE.get(name, "image")
+    if augment not in ("auto", "none") and kind != "image":
+        raise ConfigError(f"data.augment: {augment} needs images; data.name={name} gives {kind} data. Use none or auto")
+    if augment == "resized_crop_flip" and (file_backed is False or name in IN_MEMORY_IMAGES):
+        raise ConfigError(
+            f"data.augment: resized_crop_flip crops at decode time and needs images read from files "
+            f"(imagefolder, imagenet, hub); for {name} use crop_flip"
+        )
 
 
 def _augment_name(value: Any) -> Any:
@@ -130,15 +146,7 @@ def load_dataset(cfg) -> "Dataset":
     s = _settings(cfg)
     src = _read_source(s)
     augment = src.default_augment if s.augment == "auto" else s.augment
-    if augment != "none" and src.kind != "image":
-        raise ConfigError(
-            f"data.augment: {augment} needs images; data.name={s.name} gives {src.kind} data. Use none or auto"
-        )
-    if augment == "resized_crop_flip" and not src.file_backed:
-        raise ConfigError(
-            f"data.augment: resized_crop_flip crops at decode time and needs images read from files "
-            f"(imagefolder, imagenet, hub); for {s.name} use crop_flip"
-        )
+    _check_augment(s.name, augment, src.kind, src.file_backed)
     if len(src.train) == 0:
         raise ConfigError(f"data.path: the training split of {s.name} is empty")
     if len(src.test) == 0:
@@ -284,8 +292,25 @@ class Dataset:
         loader = torch.utils.data.DataLoader(
             _Batches(self, lists, epoch), batch_size=None, shuffle=False, num_workers=self.num_workers,
             worker_init_fn=_worker_init, pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(self.seed),  # workers' seeds drawn here, not from the global RNG
         )
-        return iter(loader)
+        return _one_line_errors(iter(loader))
+
+
+def _one_line_errors(batches: Iterator) -> Iterator:
+    """A worker's ConfigError arrives wrapped in its traceback; re-raise the one-line message. Workers
+    stop as soon as the iteration ends, breaks or fails (left to garbage collection, a failed loader's
+    shutdown waits 5 s)."""
+    try:
+        yield from batches
+    except ConfigError as e:
+        tag = "ConfigError: "
+        lines = [line.split(tag, 1)[1] for line in str(e).splitlines() if tag in line]
+        raise ConfigError(lines[-1] if lines else str(e)) from None
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)  # torch's multi-process iterator
+        if shutdown is not None:
+            shutdown()
 
 
 def _check_rank(rank: int, world: int) -> None:

@@ -21,7 +21,7 @@ import yaml
 
 from .components import build_engine, make_loss, make_model, optimizer_scalars
 from .config import Config
-from .data import GlobalBatches, load_dataset
+from .data import load_dataset
 from .checkpoint import MARKER, TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from .engine import DistEnv, device_for, full_state, init_distributed, resolve_strategy, shutdown
 from .errors import ConfigError
@@ -49,8 +49,8 @@ def _train(cfg: Config, env) -> dict:
     optimizer, wrapped = engine.optimizer, engine.model
     loss_fn = make_loss(cfg, data.num_classes)
 
-    batches = GlobalBatches(len(data.train.x), cfg.data.batch_size, cfg.data.seed, env.rank, env.world_size)
-    total = cfg.train.epochs * batches.steps_per_epoch
+    steps_per_epoch = data.steps_per_epoch
+    total = cfg.train.epochs * steps_per_epoch
     checkpoints = run_dir / "checkpoints"
     trainer = _resume(cfg, checkpoints, engine)
     stop = StopRequest.install()  # SIGTERM / SIGUSR1 (SLURM preemption): checkpoint, then leave
@@ -59,53 +59,60 @@ def _train(cfg: Config, env) -> dict:
     session_start, started, last_log = trainer.step, time.perf_counter(), time.perf_counter()
     stopped = None
     wrapped.train()
-    while trainer.step < total:
-        idx = batches.local_indices(trainer.epoch, trainer.batch)
-        x, y = data.train.x[idx].to(device), data.train.y[idx].to(device)
-        loss = engine.forward_backward(x, y, loss_fn)  # gradient of the mean loss over the global batch
-        # One small collective per step: every rank must agree to skip a non-finite step or to stop.
-        bad, stop_now = _agree(engine.local_step_is_bad(loss), stop.requested)
-        if bad:
-            engine.skip()  # parameters and optimizer state untouched
-            trainer.skipped_steps += 1
-            trainer.consecutive_skips += 1
-            tracker.log(trainer.step, {"faults/skipped_steps": trainer.skipped_steps})
-        else:
-            engine.step()
-            trainer.consecutive_skips = 0
-        trainer.step += 1
-        trainer.batch += 1
-        if trainer.batch == batches.steps_per_epoch:
-            trainer.epoch, trainer.batch = trainer.epoch + 1, 0
-        tracker.advance()
-        if trainer.consecutive_skips >= cfg.train.max_bad_steps:
-            save_checkpoint(checkpoints, trainer, wrapped, optimizer, engine.deepspeed, keep=cfg.checkpoint.keep)
-            raise TrainingError(
-                f"{trainer.consecutive_skips} optimizer steps in a row had a non-finite loss or gradient (last at step "
-                f"{trainer.step}); stopped with a checkpoint in {checkpoints}. Check the data and the model, or raise "
-                "train.max_bad_steps"
-            )
-        if trainer.step % cfg.train.log_every == 0 or trainer.step == total:
-            now = time.perf_counter()
-            metrics = {
-                "train/loss": _global_mean(loss.detach()),  # one collective and host sync per log
-                "epoch": trainer.epoch,
-                "throughput/samples_per_s": cfg.train.log_every * cfg.data.batch_size / (now - last_log),
-                "memory/peak_mb": peak_memory_mb(),
-            }
-            metrics |= {f"{cfg.optim.name}/{k}": float(v) for k, v in optimizer_scalars(optimizer).items()}
-            tracker.log(trainer.step, metrics)
-            last_log = now
-        session_done = cfg.checkpoint.session_steps and trainer.step - session_start >= cfg.checkpoint.session_steps
-        if stop_now or session_done or (cfg.checkpoint.every and trainer.step % cfg.checkpoint.every == 0):
-            save_checkpoint(checkpoints, trainer, wrapped, optimizer, engine.deepspeed, keep=cfg.checkpoint.keep)
-        if stop_now or session_done:
-            stopped = "signal" if stop_now else "session_steps"
-            break
-    test_loss, test_acc = evaluate(engine, loss_fn, data.test.x, data.test.y, env, device)
+    while trainer.step < total and stopped is None:
+        # This rank's share of each remaining global batch of the epoch (mid-epoch after a resume).
+        for x, y in data.train_loader(trainer.epoch, trainer.batch, env.rank, env.world_size):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = engine.forward_backward(x, y, loss_fn)  # gradient of the mean loss over the global batch
+            # One small collective per step: every rank must agree to skip a non-finite step or to stop.
+            bad, stop_now = _agree(engine.local_step_is_bad(loss), stop.requested)
+            if bad:
+                engine.skip()  # parameters and optimizer state untouched
+                trainer.skipped_steps += 1
+                trainer.consecutive_skips += 1
+                tracker.log(trainer.step, {"faults/skipped_steps": trainer.skipped_steps})
+            else:
+                engine.step()
+                trainer.consecutive_skips = 0
+            trainer.step += 1
+            trainer.batch += 1
+            if trainer.batch == steps_per_epoch:
+                trainer.epoch, trainer.batch = trainer.epoch + 1, 0
+            tracker.advance()
+            if trainer.consecutive_skips >= cfg.train.max_bad_steps:
+                save_checkpoint(checkpoints, trainer, wrapped, optimizer, engine.deepspeed, keep=cfg.checkpoint.keep)
+                raise TrainingError(
+                    f"{trainer.consecutive_skips} optimizer steps in a row had a non-finite loss or gradient (last at "
+                    f"step {trainer.step}); stopped with a checkpoint in {checkpoints}. Check the data and the model, "
+                    "or raise train.max_bad_steps"
+                )
+            if trainer.step % cfg.train.log_every == 0 or trainer.step == total:
+                now = time.perf_counter()
+                metrics = {
+                    "train/loss": _global_mean(loss.detach()),  # one collective and host sync per log
+                    "epoch": trainer.epoch,
+                    "throughput/samples_per_s": cfg.train.log_every * cfg.data.batch_size / (now - last_log),
+                    "memory/peak_mb": peak_memory_mb(),
+                }
+                metrics |= {f"{cfg.optim.name}/{k}": float(v) for k, v in optimizer_scalars(optimizer).items()}
+                tracker.log(trainer.step, metrics)
+                last_log = now
+            session_done = cfg.checkpoint.session_steps and trainer.step - session_start >= cfg.checkpoint.session_steps
+            if stop_now or session_done or (cfg.checkpoint.every and trainer.step % cfg.checkpoint.every == 0):
+                save_checkpoint(checkpoints, trainer, wrapped, optimizer, engine.deepspeed, keep=cfg.checkpoint.keep)
+            if stop_now or session_done:
+                stopped = "signal" if stop_now else "session_steps"
+                break
+            if trainer.step >= total:
+                break
+    test_loss, test_acc = evaluate(engine, loss_fn, data, env, device)
+    test_metrics = {"test/loss": test_loss}
+    if test_acc is not None:
+        test_metrics["test/accuracy"] = test_acc
+    if data.task == "regression":  # csv targets are standardised: MSE x std^2 is in the column's units
+        test_metrics["test/mse_original_units"] = test_loss * data.extras["target_std"] ** 2
     summary = {
-        "test/accuracy": test_acc,
-        "test/loss": test_loss,
+        **test_metrics,
         "steps": trainer.step,
         "skipped_steps": trainer.skipped_steps,
         "world_size": env.world_size,
@@ -114,7 +121,7 @@ def _train(cfg: Config, env) -> dict:
         "seconds": round(time.perf_counter() - started, 2),
         "stopped_early": stopped or "no",
     }
-    tracker.log(trainer.step, {"test/accuracy": test_acc, "test/loss": test_loss})
+    tracker.log(trainer.step, test_metrics)
     tracker.finish(summary)
     if env.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -167,20 +174,24 @@ def _resume(cfg: Config, checkpoints: Path, engine) -> TrainerState:
 
 
 @torch.no_grad()
-def evaluate(engine, loss_fn, x, y, env, device) -> tuple[float, float]:
-    """Held-out loss and accuracy over the whole split: each rank scores its share, one SUM combines.
-    Every rank runs exactly one forward (FSDP needs all ranks in each forward), possibly on fewer rows."""
+def evaluate(engine, loss_fn, data, env, device, batch_size=None) -> tuple[float, float | None]:
+    """Held-out loss (and accuracy) over the whole split: each rank scores its share, one SUM combines.
+    Every rank runs the same number of forwards (FSDP needs all ranks in each), the last ones maybe empty."""
     model = engine.model
     model.eval()
-    xs, ys = x.tensor_split(env.world_size)[env.rank], y.tensor_split(env.world_size)[env.rank]
-    out = engine.forward(xs.to(device))
-    totals = torch.tensor(
-        [loss_fn(out, ys.to(device)).item() * len(ys) if len(ys) else 0.0,
-         (out.argmax(1) == ys.to(device)).sum().item(), len(ys)], dtype=torch.float64, device=device)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, examples
+    for x, y in data.eval_loader(env.rank, env.world_size, batch_size):
+        out = engine.forward(x.to(device, non_blocking=True))
+        if len(y):
+            y = y.to(device, non_blocking=True)
+            totals[0] += loss_fn(out, y).double() * len(y)
+            if data.task == "classification":
+                totals[1] += (out.argmax(1) == y).sum()
+            totals[2] += len(y)
     if dist.is_initialized():
         dist.all_reduce(totals)
     model.train()
-    return float(totals[0] / totals[2]), float(totals[1] / totals[2])
+    return float(totals[0] / totals[2]), (float(totals[1] / totals[2]) if data.task == "classification" else None)
 
 
 def _global_mean(value: torch.Tensor) -> float:

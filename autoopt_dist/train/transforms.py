@@ -68,23 +68,21 @@ def hflip(x: torch.Tensor, keys: np.ndarray) -> torch.Tensor:
     return torch.where(flip, x.flip(-1), x)
 
 
-def pad_crop(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    """Zero-pad (B, C, H, W) by `pad` on each side, then cut each image's H x W window at (dy, dx)."""
-    b, c, h, w = x.shape
-    xp = F.pad(x, (pad, pad, pad, pad))
-    rows = dy.view(-1, 1) + torch.arange(h)  # (B, H)
-    cols = dx.view(-1, 1) + torch.arange(w)  # (B, W)
-    out = xp[torch.arange(b).view(-1, 1, 1), :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
-    return out.permute(0, 3, 1, 2).contiguous()
-
-
 def crop_flip(x: torch.Tensor, keys: np.ndarray, pad: int = CROP_PAD) -> torch.Tensor:
-    """Random crop with zero padding `pad`, then a random horizontal flip (each per example)."""
+    """Random crop with zero padding `pad`, then a random horizontal flip (each per example).
+
+    Two gathers on the padded batch: rows dy..dy+H-1, then columns dx..dx+W-1 (reversed when flipped).
+    """
     if len(x) == 0:
         return x
+    b, c, h, w = x.shape
     dy = torch.from_numpy(randint(keys, STREAM_CROP_Y, 2 * pad + 1))
     dx = torch.from_numpy(randint(keys, STREAM_CROP_X, 2 * pad + 1))
-    return hflip(pad_crop(x, pad, dy, dx), keys)
+    xp = F.pad(x, (pad, pad, pad, pad))
+    rows = (dy.view(-1, 1) + torch.arange(h)).view(b, 1, h, 1).expand(b, c, h, w + 2 * pad)
+    ar = torch.arange(w)
+    cols = dx.view(-1, 1) + torch.where(flip_mask(keys).view(-1, 1), w - 1 - ar, ar)
+    return xp.gather(2, rows).gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
 
 
 def resized_crop_box(key: np.uint64, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):

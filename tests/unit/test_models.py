@@ -213,7 +213,7 @@ def test_mlp_standard_activation_is_plain_relu():
 
 
 def test_registry_names():
-    assert set(MODELS) == {"mlp", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}
+    assert set(MODELS) == {"mlp", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "lstm"}
 
 
 def test_build_model_passes_kwargs():
@@ -231,8 +231,8 @@ def test_deep_factories_layer_counts(name, blocks):
 
 def test_build_model_unknown_name():
     with pytest.raises(ValueError) as excinfo:
-        build_model("vgg16")
+        build_model("vgg19x")
     message = str(excinfo.value)
-    assert "vgg16" in message
+    assert "vgg19x" in message
     for known in MODELS:
         assert known in message
