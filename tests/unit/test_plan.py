@@ -30,3 +30,20 @@ def test_optimizer_state_is_measured():
 def test_plan_refuses_a_batch_that_does_not_split(capsys):
     assert main(["plan", "configs/digits_agd.yaml", "--nodes", "3", "--gpus-per-node", "1"]) == 2
     assert "data.batch_size: 128 does not split evenly over 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "recipe,nodes,gpus,params",
+    [
+        ("configs/imagenet_resnet50.yaml", 4, 8, 25_503_912),  # torchvision's 25,557,032 less fc bias and BN affine
+        ("configs/cifar10_resnet18_agd.yaml", 1, 8, None),
+        ("configs/cifar100_vgg16_agd.yaml", 1, 8, None),
+        ("configs/digits_agd.yaml", 1, 2, None),
+    ],
+)
+def test_every_recipe_validates_and_plans_without_data(recipe, nodes, gpus, params, capsys):
+    assert main(["plan", recipe, "--nodes", str(nodes), "--gpus-per-node", str(gpus)]) == 0
+    out = capsys.readouterr().out
+    assert "zero3" in out and "fsdp2" in out
+    if params:
+        assert f"{params / 1e6:.2f} M parameters" in out
