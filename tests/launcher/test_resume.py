@@ -105,3 +105,16 @@ def test_incomplete_checkpoint_is_ignored(tmp_path):
     (tmp_path / "step_00000020.tmp").mkdir()  # a save interrupted by a crash
     (tmp_path / "step_00000030").mkdir()  # no marker: never completed
     assert latest_checkpoint(tmp_path).name == "step_00000010"
+
+
+@pytest.mark.parametrize("strategy,optimizer", [("zero2", "hyper_adam"), ("fsdp2", "ecco")])
+def test_stateful_methods_resume_exactly(tmp_path, strategy, optimizer):
+    """Optimizer state (learned lr/betas, moments, stored update derivatives; ECCO's previous gradient and
+    direction) saved by DCP or DeepSpeed's checkpoint and loaded back: the same end as no interruption."""
+    common = [f"train.strategy={strategy}", f"optim.name={optimizer}", "model.agd_compatible=false", "train.loss=xent"]
+    launch(2, tmp_path / "straight", *common)
+    launch(2, tmp_path / "resumed", *common, "checkpoint.session_steps=14")
+    launch(2, tmp_path / "resumed", *common)
+    want, got = final_params(tmp_path / "straight"), final_params(tmp_path / "resumed")
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
