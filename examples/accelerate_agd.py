@@ -72,10 +72,9 @@ if rank == 0:
         open(report_path, "w").write(json.dumps(report))
 accelerator.end_training()
 if dist.is_initialized():
+    # Leave without tearing the group down: on CPU, gloo's (and DeepSpeed's shared-memory comm) worker
+    # threads can abort the process at teardown ("terminate called without an active exception") after
+    # all work is done. Every rank is past its last collective once the barrier returns.
     dist.barrier()
-    dist.destroy_process_group()
-    # Leave without C++ static destructors: at interpreter teardown they race gloo's worker threads and
-    # can abort ("terminate called without an active exception") after all work is done (autoopt's CLI
-    # does the same, cli._exit_after_process_group).
     sys.stdout.flush()
     os._exit(0)
