@@ -4,7 +4,7 @@
 
 Single process, CPU. The model is `build_model(model, agd_compatible=True)` (ImageNet stem, 1000
 classes): no biases and no BatchNorm affine parameters, because AGD steps matrices and conv kernels
-only; so all three optimizers step exactly the same weight tensors. Gradients are filled with random
+only; so every optimizer steps exactly the same weight tensors. Gradients are filled with random
 values once and never change.
 
 Each optimizer is warmed up first (AdamW's first step allocates its state), then the optimizers are
@@ -12,7 +12,7 @@ timed in rounds: every round steps each optimizer once, in an order rotated from
 machine-load drift falls on all of them alike. Before every timed step a buffer twice the size of the
 last-level cache is overwritten (`--no-flush` turns this off), so each step starts cold, as it does in
 training, where forward and backward run in between, and no step inherits cache contents from the one
-before. The table reports the median over rounds. All three step the same tensors in place, so the
+before. The table reports the median over rounds. All of them step the same tensors in place, so the
 weights drift over the run; the work a step does does not depend on the values.
 
 These steps are memory-bound: a few flops per element against a read or write of 4 bytes for every
