@@ -9,8 +9,13 @@ read the swept hyperparameter (AGD has no learning rate) runs once per seed and 
 line it is, labelled so. Outputs in --out: points/*.json (one per point), results.csv, sweep.png, and a
 summary of each optimizer's spread over the grid (best, worst, max-min of the seed-mean).
 
-On SLURM the same command runs as an array: `--point $SLURM_ARRAY_TASK_ID` runs one point and
-`--collect` assembles the CSV and plot once all are done (slurm/sweep_array.sbatch).
+On SLURM the same command with `--slurm` submits a job array, one task per point (`--point
+$SLURM_ARRAY_TASK_ID`), and a job that runs `--collect` once every task has ended. A point already
+recorded in --out is not run again, so a rerun (or a requeued array task) picks up where it stopped.
+
+wandb (when the config's track.wandb is not "disabled"): every point is a run in the wandb group
+`sweep-<out folder>`, with the swept value in its config; `--collect` adds one summary run to the group
+with the results table, the plot and each optimizer's spread.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ import argparse
 import csv
 import json
 import math
+import shlex
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .train.config import load_config
+from .train.config import TrackConfig, load_config
 from .train.errors import ConfigError
 
 # Hyperparameters each optimizer reads; a swept key outside its set does not change its run.
@@ -72,11 +80,18 @@ def points(param: str, grid: list[float], optims: list[str], seeds: int) -> list
     return out
 
 
+def wandb_group(out: Path) -> str:
+    return f"sweep-{out.resolve().name}"
+
+
 def run_point(config: str, overrides: list[str], param: str, point: Point, out: Path) -> dict:
     from .train.loop import TrainingError, train
 
+    recorded = out / "points" / f"{point.name}.json"
+    if recorded.exists():  # done by an earlier run of this sweep
+        return json.loads(recorded.read_text())
     args = [*overrides, f"optim.name={point.optimizer}", f"train.seed={point.seed}", f"data.seed={point.seed}",
-            "train.strategy=single", "track.wandb=disabled", f"track.out_dir={out / 'runs'}",
+            "train.strategy=single", f"track.group={wandb_group(out)}", f"track.out_dir={out / 'runs'}",
             f"track.run_name={point.name}", "checkpoint.resume=never"]
     if point.value is not None:
         args.append(f"{param}={point.value!r}")
@@ -90,12 +105,14 @@ def run_point(config: str, overrides: list[str], param: str, point: Point, out: 
                    "loss": summary["test/loss"]}
     except (TrainingError, FloatingPointError, RuntimeError, ValueError) as e:
         record |= {"status": "failed", "accuracy": float("nan"), "loss": float("nan"), "error": str(e).splitlines()[0]}
-    (out / "points").mkdir(parents=True, exist_ok=True)
-    (out / "points" / f"{point.name}.json").write_text(json.dumps(record))
+    recorded.parent.mkdir(parents=True, exist_ok=True)
+    tmp = recorded.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(recorded)  # atomic: a point killed mid-write is run again, not read half-written
     return record
 
 
-def collect(out: Path, param: str, grid: list[float]) -> list[dict]:
+def collect(out: Path, param: str, grid: list[float], track: TrackConfig | None = None) -> list[dict]:
     records = [json.loads(p.read_text()) for p in sorted((out / "points").glob("*.json"))]
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["optimizer", "value", "seed", "status", "accuracy", "loss", "error"])
@@ -105,7 +122,48 @@ def collect(out: Path, param: str, grid: list[float]) -> list[dict]:
     summary = spread(records, grid)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(records, summary, param, grid, out / "sweep.png")
+    if track is not None and track.wandb != "disabled":
+        log_to_wandb(records, summary, param, grid, out, track)
     return records
+
+
+def log_to_wandb(records, summary, param, grid, out: Path, track: TrackConfig) -> None:
+    """One summary run in the sweep's group: the table of points, the plot, and the spread per optimizer."""
+    import os
+
+    try:
+        import wandb
+    except ImportError:
+        print("wandb is not installed (pip install 'autoopt_dist[track]'); sweep not logged to wandb", file=sys.stderr)
+        return
+    columns = ["optimizer", "value", "seed", "status", "accuracy", "loss"]
+    run = wandb.init(project=track.project, group=wandb_group(out), name=f"{wandb_group(out)}-summary",
+                     job_type="sweep-summary", dir=str(out), mode=os.environ.get("WANDB_MODE", track.wandb),
+                     config={"param": param, "grid": grid})
+    run.log({"results": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in records]),
+             "sweep": wandb.Image(str(out / "sweep.png"))})
+    run.summary.update({f"{opt}/{k}": v for opt, s in summary.items() for k, v in s.items()})
+    run.finish()
+
+
+def submit_to_slurm(argv: list[str], n_points: int, sbatch_args: str, out: Path) -> None:
+    """The same sweep as a Slurm job array (one point per task, this Python, this folder) plus a collect
+    job that starts once every task has ended, failed ones included (their points are recorded)."""
+    this = [sys.executable, "-m", "autoopt_dist", "sweep", *[a for a in argv if a != "--slurm"]]
+    common = ["--parsable", "--job-name=autoopt-sweep", f"--output={out}/logs/%x-%A_%a.out", *shlex.split(sbatch_args)]
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+
+    def sbatch(*args: str) -> str:
+        proc = subprocess.run(["sbatch", *common, *args], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ConfigError(f"--slurm: sbatch failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc.stdout.strip().split(";")[0]
+
+    points_cmd = shlex.join(this) + " --point $SLURM_ARRAY_TASK_ID"
+    array = sbatch(f"--array=0-{n_points - 1}", "--requeue", f"--wrap={points_cmd}")
+    collect_job = sbatch(f"--dependency=afterany:{array}", f"--output={out}/logs/%x-collect-%j.out",
+                         f"--wrap={shlex.join([*this, '--collect'])}")
+    print(f"submitted array job {array} ({n_points} points) and collect job {collect_job}")
 
 
 def _curve(records: list[dict], optimizer: str, grid: list[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -172,13 +230,18 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--point", type=int, default=None, help="run only this point (a SLURM array task)")
     parser.add_argument("--collect", action="store_true", help="only assemble results.csv, summary and plot")
     parser.add_argument("--list", action="store_true", help="print the number of points and exit")
+    parser.add_argument("--slurm", action="store_true", help="submit the points as a Slurm job array")
+    parser.add_argument("--sbatch-args", default="", help='extra sbatch options, e.g. "--partition=gpu --gres=gpu:1"')
     args = parser.parse_args(argv)
     grid = log_grid(args.log_grid)
     todo = points(args.param, grid, args.optims.split(","), args.seeds)
-    load_config(args.config, args.overrides)  # fail before any run on a bad config
+    cfg = load_config(args.config, args.overrides)  # fail before any run on a bad config
     out = Path(args.out)
     if args.list:
         print(len(todo))
+        return
+    if args.slurm:
+        submit_to_slurm(argv, len(todo), args.sbatch_args, out)
         return
     if args.point is not None:
         if not 0 <= args.point < len(todo):
@@ -188,7 +251,7 @@ def main(argv: list[str]) -> None:
     if not args.collect:
         for p in todo:
             run_point(args.config, args.overrides, args.param, p, out)
-    collect(out, args.param, grid)
-    for opt, s in spread([json.loads(p.read_text()) for p in (out / "points").glob("*.json")], grid).items():
+    records = collect(out, args.param, grid, cfg.track)
+    for opt, s in spread(records, grid).items():
         print(f"{opt:>12}: best {s['best']:.3f}  worst {s['worst']:.3f}  spread {s['spread']:.3f}  failed {s['failed_points']}")
     print(f"wrote {out / 'results.csv'} and {out / 'sweep.png'}")

@@ -143,6 +143,7 @@ class TrackConfig:
     project: str = "autoopt_dist"
     out_dir: str = "runs"  # run folders: resolved config, metrics, summary, wandb files
     run_name: str = ""  # empty: <dataset>-<model>-<optimizer>-<strategy>
+    group: str = ""  # wandb group; `autoopt sweep` puts its points in `sweep-<out folder>`
 
     def __post_init__(self):
         _choice("track.wandb", self.wandb, WANDB_MODES)

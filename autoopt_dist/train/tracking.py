@@ -29,7 +29,8 @@ class Tracker:
                       file=sys.stderr)
             else:
                 self.run = wandb.init(
-                    project=cfg.track.project, name=run_dir.name, dir=str(run_dir), config=cfg.to_dict(),
+                    project=cfg.track.project, name=run_dir.name, group=cfg.track.group or None, dir=str(run_dir),
+                    config=cfg.to_dict(),
                     mode=os.environ.get("WANDB_MODE", cfg.track.wandb),
                 )
         from tqdm.auto import tqdm

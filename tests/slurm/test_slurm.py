@@ -10,6 +10,7 @@ them every test here FAILS (never skips) and says so.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -334,3 +335,27 @@ def test_sweep_array_runs_one_task_per_line(cluster):
         assert re.search(rf"^  gain: {gain}$", config, re.M), config
         summary = json.loads((run / "summary.json").read_text())
         assert summary["steps"] == steps and summary["world_size"] == 1, summary
+
+
+def test_autoopt_sweep_with_slurm_runs_the_grid_as_an_array_then_collects(cluster):
+    """`autoopt sweep ... --slurm`: the same command as a local sweep submits one array task per point and
+    a collect job after them; the collect job writes results.csv, summary.json and the plot."""
+    work = cluster.base / "work" / "autoopt-sweep"
+    work.mkdir(parents=True)
+    env = cluster.job_env(1)
+    proc = cluster.run(sys.executable, "-m", "autoopt_dist", "sweep", CONFIG, "train.epochs=1", "track.wandb=disabled",
+                       "--param", "optim.lr", "--log-grid", "1e-2:1e-1:2", "--optims", "agd,sgd", "--out", "sw",
+                       "--slurm", "--sbatch-args=--cpus-per-task=1", env=env, cwd=work)
+    found = re.search(r"submitted array job (\d+) \(3 points\) and collect job (\d+)", proc.stdout)
+    assert found, proc.stdout + proc.stderr
+    array, collect = found.groups()
+    cluster.wait_gone(collect, work / "sw" / "logs" / f"autoopt-sweep-collect-{collect}.out")
+    records = {r["ArrayTaskId"]: r for r in cluster.records(array)}
+    assert sorted(records) == ["0", "1", "2"], list(records)
+    for task, rec in records.items():
+        assert_completed(rec, 0, work / "sw" / "logs" / f"autoopt-sweep-{array}_{task}.out")
+    assert_completed(cluster.records(collect)[0], 0, work / "sw" / "logs" / f"autoopt-sweep-collect-{collect}.out")
+    rows = list(csv.DictReader(open(work / "sw" / "results.csv")))
+    assert sorted((r["optimizer"], r["value"], r["status"]) for r in rows) == [
+        ("agd", "", "ok"), ("sgd", "0.01", "ok"), ("sgd", "0.1", "ok")], rows
+    assert (work / "sw" / "sweep.png").stat().st_size > 10_000
