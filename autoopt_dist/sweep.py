@@ -51,11 +51,17 @@ class Point:
     optimizer: str
     value: float | None  # None: the optimizer ignores the swept key
     seed: int
+    label: str = ""  # names a variant (e.g. "3 levels"): its own line, beside other runs into the same --out
+
+    @property
+    def line(self) -> str:
+        return f"{self.optimizer} ({self.label})" if self.label else self.optimizer
 
     @property
     def name(self) -> str:
         v = "na" if self.value is None else f"{self.value:.3e}"
-        return f"{self.optimizer}_{v}_s{self.seed}"
+        tag = "".join(c if c.isalnum() else "-" for c in self.label)
+        return f"{self.optimizer}{'-' + tag if tag else ''}_{v}_s{self.seed}"
 
 
 def log_grid(spec: str) -> list[float]:
@@ -70,18 +76,30 @@ def log_grid(spec: str) -> list[float]:
     return [float(v) for v in np.logspace(math.log10(lo), math.log10(hi), n)]
 
 
-def points(param: str, grid: list[float], optims: list[str], seeds: int) -> list[Point]:
+def points(param: str, grid: list[float], optims: list[str], seeds: int, label: str = "") -> list[Point]:
     out = []
     for opt in optims:
         if opt not in USES:
             raise ConfigError(f"--optims: unknown optimizer {opt!r}; known: {', '.join(USES)}")
         values = grid if param in USES[opt] else [None]
-        out += [Point(opt, v, s) for v in values for s in range(seeds)]
+        out += [Point(opt, v, s, label) for v in values for s in range(seeds)]
     return out
 
 
 def wandb_group(out: Path) -> str:
     return f"sweep-{out.resolve().name}"
+
+
+def point_overrides(overrides: list[str], param: str, point: Point, out: Path) -> list[str]:
+    """The `autoopt train` overrides of one point: one process, its seed, its value, its run folder."""
+    args = [*overrides, f"optim.name={point.optimizer}", f"train.seed={point.seed}", f"data.seed={point.seed}",
+            "train.strategy=single", f"track.group={wandb_group(out)}", f"track.out_dir={out / 'runs'}",
+            f"track.run_name={point.name}", "checkpoint.resume=never"]
+    if point.value is not None:
+        args.append(f"{param}={point.value!r}")
+    if point.optimizer != "agd":
+        args.append("model.agd_compatible=false")
+    return args
 
 
 def run_point(config: str, overrides: list[str], param: str, point: Point, out: Path) -> dict:
@@ -90,19 +108,13 @@ def run_point(config: str, overrides: list[str], param: str, point: Point, out: 
     recorded = out / "points" / f"{point.name}.json"
     if recorded.exists():  # done by an earlier run of this sweep
         return json.loads(recorded.read_text())
-    args = [*overrides, f"optim.name={point.optimizer}", f"train.seed={point.seed}", f"data.seed={point.seed}",
-            "train.strategy=single", f"track.group={wandb_group(out)}", f"track.out_dir={out / 'runs'}",
-            f"track.run_name={point.name}", "checkpoint.resume=never"]
-    if point.value is not None:
-        args.append(f"{param}={point.value!r}")
-    if point.optimizer != "agd":
-        args.append("model.agd_compatible=false")
-    record = {"optimizer": point.optimizer, "value": point.value, "seed": point.seed}
+    args = point_overrides(overrides, param, point, out)
+    record = {"optimizer": point.line, "value": point.value, "seed": point.seed}
     try:
         summary = train(load_config(config, args))
         acc = summary.get("test/accuracy", float("nan"))  # regression runs have none
         record |= {"status": "ok" if math.isfinite(summary["test/loss"]) else "diverged", "accuracy": acc,
-                   "loss": summary["test/loss"]}
+                   "loss": summary["test/loss"], **optimizer_scalars(out / "runs" / point.name / "metrics.jsonl")}
     except (TrainingError, FloatingPointError, RuntimeError, ValueError) as e:
         record |= {"status": "failed", "accuracy": float("nan"), "loss": float("nan"), "error": str(e).splitlines()[0]}
     recorded.parent.mkdir(parents=True, exist_ok=True)
@@ -112,10 +124,26 @@ def run_point(config: str, overrides: list[str], param: str, point: Point, out: 
     return record
 
 
+NOT_OPTIMIZER = ("step", "epoch", "train/", "test/", "throughput/", "memory/")
+
+
+def optimizer_scalars(metrics: Path) -> dict[str, float]:
+    """The mean and the last value of each scalar the optimizer logged over the run (a learned lr, how
+    often ECCO's step cap bound, ...): what explains a point's accuracy beside the accuracy itself."""
+    series: dict[str, list[float]] = {}
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        for key, value in json.loads(line).items():
+            if not key.startswith(NOT_OPTIMIZER) and isinstance(value, (int, float)):
+                series.setdefault(key, []).append(float(value))
+    return {f"{key} ({how})": v for key, s in series.items() for how, v in (("mean", sum(s) / len(s)), ("last", s[-1]))}
+
+
 def collect(out: Path, param: str, grid: list[float], track: TrackConfig | None = None) -> list[dict]:
     records = [json.loads(p.read_text()) for p in sorted((out / "points").glob("*.json"))]
+    scalars = sorted({k for r in records for k in r if k.endswith((" (mean)", " (last)"))})
     with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["optimizer", "value", "seed", "status", "accuracy", "loss", "error"])
+        writer = csv.DictWriter(f, fieldnames=["optimizer", "value", "seed", "status", "accuracy", "loss", "error",
+                                               *scalars])
         writer.writeheader()
         for r in records:
             writer.writerow({k: r.get(k, "") for k in writer.fieldnames})
@@ -226,6 +254,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--log-grid", required=True, help="LOW:HIGH:COUNT")
     parser.add_argument("--optims", default="agd,adamw,sgd")
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--label", default="", help="name this variant's lines (e.g. '3 levels'); sweeps run with "
+                        "different labels and overrides into the same --out share one plot and CSV")
     parser.add_argument("--out", default="runs/sweep")
     parser.add_argument("--point", type=int, default=None, help="run only this point (a SLURM array task)")
     parser.add_argument("--collect", action="store_true", help="only assemble results.csv, summary and plot")
@@ -234,9 +264,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--sbatch-args", default="", help='extra sbatch options, e.g. "--partition=gpu --gres=gpu:1"')
     args = parser.parse_args(argv)
     grid = log_grid(args.log_grid)
-    todo = points(args.param, grid, args.optims.split(","), args.seeds)
-    cfg = load_config(args.config, args.overrides)  # fail before any run on a bad config
+    todo = points(args.param, grid, args.optims.split(","), args.seeds, args.label)
     out = Path(args.out)
+    # Fail before any run on a bad config: check each optimizer's first point as it will run.
+    cfg = [load_config(args.config, point_overrides(args.overrides, args.param, first, out))
+           for first in {p.optimizer: p for p in reversed(todo)}.values()][0]
     if args.list:
         print(len(todo))
         return

@@ -95,3 +95,26 @@ def _run_group_is(run_file, group: str) -> bool:
 
     number = wandb_internal_pb2.RunRecord.DESCRIPTOR.fields_by_name["run_group"].number
     return bytes([number << 3 | 2, len(group)]) + group.encode() in run_file.read_bytes()
+
+
+def test_labelled_variants_share_one_csv_and_plot(tmp_path, capsys):
+    out = tmp_path / "variants"
+    grid = ["--param", "optim.lr", "--log-grid", "1e-2:1e-1:2", "--optims", "sgd", "--out", str(out)]
+    assert main(["sweep", *BASE, *grid, "--label", "plain"]) == 0
+    assert main(["sweep", *BASE, "optim.momentum=0.9", *grid, "--label", "momentum 0.9"]) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert sorted({r["optimizer"] for r in rows}) == ["sgd (momentum 0.9)", "sgd (plain)"] and len(rows) == 4
+    acc = {(r["optimizer"], r["value"]): float(r["accuracy"]) for r in rows}
+    assert acc[("sgd (plain)", "0.01")] != acc[("sgd (momentum 0.9)", "0.01")]  # the override reached the runs
+    assert set(json.loads((out / "summary.json").read_text())) == {"sgd (plain)", "sgd (momentum 0.9)"}
+
+
+def test_csv_carries_what_the_optimizer_learned(tmp_path, capsys):
+    out = tmp_path / "learned"
+    assert main(["sweep", *BASE, "optim.hyper_lrs=1e-3", "--param", "optim.lr", "--log-grid", "1e-2:1e-1:2",
+                 "--optims", "hyper_sgd", "--out", str(out)]) == 0
+    rows = {r["value"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    for start, row in rows.items():  # the tower moved its lr away from where the grid started it
+        learned = float(row["hyper_sgd/lr (last)"])
+        assert learned > 0 and abs(learned - float(start)) > 1e-3 * float(start), row
+        assert float(row["hyper_sgd/lr (mean)"]) != learned
