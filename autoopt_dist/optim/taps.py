@@ -92,7 +92,7 @@ def add_scaled_by_tap_(view: LocalView, data: torch.Tensor, grad: torch.Tensor, 
         # The factor of every element of one row (d_in, kx, ky), tap-minor like the row itself: the
         # broadcast then runs over rows only, with a contiguous inner loop of d_in * taps elements
         # instead of kx * ky (a (1, 1, kx, ky) factor makes that loop a few elements long).
-        row = factor.expand(view.info.shape[1], view.info.taps).reshape(view.info.shape[1:])
+        row = factor.expand(view.info.shape[1], view.info.taps).reshape(view.info.shape[1:]).contiguous()
         data.addcmul_(grad, row)
         return
     phase, head, body, tail = _flat_pieces(view)
