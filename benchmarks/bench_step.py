@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_step.py [--model resnet18] [--repeats 200] [--threads T] [--json PATH]
 
-Single process, CPU. The model is `build_model(model, agd_compatible=True)` (ImageNet stem, 1000
+Single process, on the CPU (or `--device cuda`, where each step is timed between two synchronizes). The model is `build_model(model, agd_compatible=True)` (ImageNet stem, 1000
 classes): no biases and no BatchNorm affine parameters, because AGD steps matrices and conv kernels
 only; so every optimizer steps exactly the same weight tensors. Gradients are filled with random
 values once and never change.
@@ -73,8 +73,10 @@ def build_optimizers(params: list[tuple[str, torch.nn.Parameter]]) -> dict[str, 
     }
 
 
-def last_level_cache_bytes() -> int:
-    """Size of the largest CPU cache (sysfs), or 32 MiB if unknown."""
+def last_level_cache_bytes(device: torch.device) -> int:
+    """Size of the GPU's L2, or of the largest CPU cache (sysfs), or 32 MiB if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).L2_cache_size
     sizes = []
     for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
         text = f.read_text().strip()
@@ -84,7 +86,8 @@ def last_level_cache_bytes() -> int:
 
 
 def time_steps(
-    opts: dict[str, torch.optim.Optimizer], repeats: int, warmup: int, flush: torch.Tensor | None
+    opts: dict[str, torch.optim.Optimizer], repeats: int, warmup: int, flush: torch.Tensor | None,
+    sync=lambda: None,
 ) -> dict[str, list[float]]:
     """Per optimizer, the wall time of each timed `step()`, in seconds.
 
@@ -102,8 +105,10 @@ def time_steps(
         for name in order:
             if flush is not None:
                 flush.fill_(r)
+            sync()  # a GPU step is timed from an idle device to its last kernel's end
             t0 = time.perf_counter()
             opts[name].step()
+            sync()
             times[name].append(time.perf_counter() - t0)
     return times
 
@@ -116,22 +121,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-flush", action="store_true", help="do not evict the caches before each step")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = build_model(args.model, agd_compatible=True)
+    device = torch.device(args.device)
+    model = build_model(args.model, agd_compatible=True).to(device)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     numel = sum(p.numel() for _, p in params)
     for _, p in params:
         p.grad = torch.randn_like(p)
 
     opts = build_optimizers(params)
-    llc = last_level_cache_bytes()
-    flush = None if args.no_flush else torch.empty(2 * llc // 4)
-    times = time_steps(opts, args.repeats, args.warmup, flush)
+    llc = last_level_cache_bytes(device)
+    flush = None if args.no_flush else torch.empty(2 * llc // 4, device=device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    times = time_steps(opts, args.repeats, args.warmup, flush, sync)
 
     med = {n: statistics.median(t) * 1e3 for n, t in times.items()}
     iqr = {n: tuple(q * 1e3 for q in statistics.quantiles(t, n=4)[::2]) for n, t in times.items()}
@@ -142,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         "tensors": len(params),
         "params": numel,
         "cpu": cpu_model(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "logical_cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -159,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio_to_adamw": {n: med[n] / med["AdamW"] for n in opts},
     }
 
-    print(f"machine: {result['cpu']}, {result['threads']} torch threads "
+    print(f"machine: {result['cpu']}, device {result['device']}, {result['threads']} torch threads "
           f"({result['logical_cpus']} logical CPUs), torch {result['torch']}, python {result['python']}")
     print(f"model:   {args.model} (agd_compatible, ImageNet stem, 1000 classes): "
           f"{len(params)} weight tensors, {numel:,} parameters")
