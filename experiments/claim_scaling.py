@@ -47,7 +47,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from autoopt_dist.models import MLP  # noqa: E402
+from autoopt_dist.models import MLP, CellMLP  # noqa: E402
 from autoopt_dist.models.resnet import BasicBlock, ResNet  # noqa: E402
 from autoopt_dist.scaling import arch_init_, arch_lr, path_summary  # noqa: E402
 
@@ -56,29 +56,6 @@ GRID = [2 ** (k / 2) for k in range(-14, 5)]  # 0.0078 .. 4: brackets prediction
 
 
 # ------------------------------------------------------------------------------------------- models
-
-
-class Cell(nn.Module):
-    """The reference MLP family (`models/mlp_dags.py`), as in the unit tests: stem Linear+ReLU, node t+1 sums
-    Linear+ReLU blocks (op 2) and identities (op 1) of earlier nodes (op 0: no edge), readout Linear."""
-
-    def __init__(self, code, width=WIDTH, d_in=64, d_out=10):
-        super().__init__()
-        self.rows = [[int(c) for c in row] for row in code.split("_")]
-        self.stem = nn.Sequential(nn.Linear(d_in, width), nn.ReLU())
-        self.edges = nn.ModuleDict()
-        for t, row in enumerate(self.rows):
-            for s, op in enumerate(row):
-                if op:
-                    block = nn.Sequential(nn.Linear(width, width), nn.ReLU()) if op == 2 else nn.Identity()
-                    self.edges[f"{t}_{s}"] = block
-        self.readout = nn.Linear(width, d_out)
-
-    def forward(self, x):
-        nodes = [self.stem(x)]
-        for t, row in enumerate(self.rows):
-            nodes.append(sum(self.edges[f"{t}_{s}"](nodes[s]) for s, op in enumerate(row) if op))
-        return self.readout(nodes[-1])
 
 
 class ResidualMLP(nn.Module):
@@ -114,7 +91,7 @@ def model_zoo():
     """name -> constructor; "mlp2" is the base net."""
     zoo = {f"mlp{d}": (lambda d=d: MLP(64, WIDTH, d, 10, agd_compatible=False)) for d in (2, 4, 8, 16)}
     for code in ("2_22_222", "2_02_222", "2_22_222_2222"):
-        zoo[f"cell_{code}"] = lambda code=code: Cell(code)
+        zoo[f"cell_{code}"] = lambda code=code: CellMLP(code, d_in=64, width=WIDTH, d_out=10)
     zoo["resmlp4"] = lambda: ResidualMLP(4, bn=False)
     zoo["resmlp4_bn"] = lambda: ResidualMLP(4, bn=True)
     zoo["resnet_conv_bn"] = ImageResNet

@@ -1,5 +1,5 @@
 """Model families: an MLP, torchvision-named ResNets, CIFAR VGGs and an LSTM regressor, each with an
-AGD-compatible variant."""
+AGD-compatible variant; and the scaling paper's MLP cells (`CellMLP`, by code, not in the registry)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from .dag import CellMLP, cell_rows
 from .lstm import LSTMRegressor
 from .mlp import MLP
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
@@ -42,6 +43,8 @@ __all__ = [
     "MLP",
     "MODELS",
     "BasicBlock",
+    "CellMLP",
+    "cell_rows",
     "Bottleneck",
     "ResNet",
     "build_model",

@@ -236,3 +236,19 @@ def test_build_model_unknown_name():
     assert "vgg19x" in message
     for known in MODELS:
         assert known in message
+
+
+def test_cell_mlp_builds_the_reference_dag_and_refuses_bad_codes():
+    import pytest
+    import torch
+
+    from autoopt_dist.models import CellMLP
+
+    cell = CellMLP("2_12_212", d_in=5, width=4, d_out=3)
+    # rows [2], [1, 2], [2, 1, 2]: four op-2 edges are Linear layers, the 1s are skips; plus stem and readout
+    assert sum(isinstance(m, torch.nn.Linear) for m in cell.modules()) == 4 + 2
+    nodes, out = cell(torch.zeros(2, 5), return_all=True)
+    assert len(nodes) == 4 and out.shape == (2, 3)
+    for bad in ("2_3", "2_2", "22_222"):
+        with pytest.raises(ValueError, match="cell code"):
+            CellMLP(bad, d_in=5, width=4, d_out=3)

@@ -28,7 +28,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from autoopt_dist.models import MLP, resnet18, resnet50
+from autoopt_dist.models import MLP, CellMLP, cell_rows, resnet18, resnet50
 from autoopt_dist.scaling import (
     NB201_EDGE_WEIGHTS,
     PathDAG,
@@ -71,13 +71,9 @@ def reference_sum_cubed(lengths, offset):
     return sum((l + offset) ** 3 for l in lengths)
 
 
-def code_rows(code):
-    return [[int(c) for c in row] for row in code.split("_")]
-
-
 def code_edges(code):
     """Reference cell code -> (source, target, weight); op 0 none, 1 skip (0), 2 linear (1)."""
-    return [(s, t + 1, op - 1) for t, row in enumerate(code_rows(code)) for s, op in enumerate(row) if op]
+    return [(s, t + 1, op - 1) for t, row in enumerate(cell_rows(code)) for s, op in enumerate(row) if op]
 
 
 def fx_path_lengths(model):
@@ -143,27 +139,9 @@ class ResidualChain(nn.Module):
         return self.readout(self.blocks(torch.relu(self.stem(x))))
 
 
-class Cell(nn.Module):
-    """The reference MLP family (`models/mlp_dags.py`): stem Linear+ReLU, a cell whose node t sums
-    Linear+ReLU blocks (op 2) and identities (op 1) of earlier nodes, readout Linear. Zero ops are omitted."""
-
-    def __init__(self, code, width=4, d_in=5, d_out=3):
-        super().__init__()
-        self.rows = code_rows(code)
-        self.stem = nn.Sequential(nn.Linear(d_in, width), nn.ReLU())
-        self.edges = nn.ModuleDict()
-        for t, row in enumerate(self.rows):
-            for s, op in enumerate(row):
-                if op:
-                    block = nn.Sequential(nn.Linear(width, width), nn.ReLU()) if op == 2 else nn.Identity()
-                    self.edges[f"{t}_{s}"] = block
-        self.readout = nn.Linear(width, d_out)
-
-    def forward(self, x, return_all=False):  # the reference's flag: fixed to its default when tracing
-        nodes = [self.stem(x)]
-        for t, row in enumerate(self.rows):
-            nodes.append(sum(self.edges[f"{t}_{s}"](nodes[s]) for s, op in enumerate(row) if op))
-        return (nodes, self.readout(nodes[-1])) if return_all else self.readout(nodes[-1])
+def Cell(code, width=4, d_in=5, d_out=3):
+    """The reference's MLP cell (`models/mlp_dags.py`) at test sizes."""
+    return CellMLP(code, d_in=d_in, width=width, d_out=d_out)
 
 
 class Branches(nn.Module):
@@ -290,7 +268,7 @@ CELL_CODES = ["2_02_002", "2_22_222", "2_12_112", "2_02_222", "1_21_122", "2_22_
 def test_traced_reference_cell_matches_cell_convention(code):
     """The traced reference MLP (offset 1 over stem + cell + readout) gives the cell convention's S (offset 3),
     except where R1 fires in the cell (no weighted cell edge): the traced model counts every path."""
-    lengths = enumerate_path_lengths(len(code_rows(code)) + 1, code_edges(code))
+    lengths = enumerate_path_lengths(len(cell_rows(code)) + 1, code_edges(code))
     summary = path_summary(Cell(code), torch.zeros(2, 5))
     assert summary.num_paths == len(lengths)
     assert summary.sum_cubed == sum((l + 3) ** 3 for l in lengths)  # 108 for 1_11_111 (cell convention: 27)
@@ -302,7 +280,7 @@ def test_traced_reference_cell_matches_cell_convention(code):
 def test_reference_cell_init_degrees(code):
     """AS-R1/AS-D1: a cell edge from node s has degree = nonzero edges into s (the input node counts 1);
     stem and readout degree 1; fan_out mode; readout std 2/classes. Written from `get_in_out_degree`."""
-    rows = code_rows(code)
+    rows = cell_rows(code)
     in_degree = [1] + [sum(op > 0 for op in row) for row in rows]
     width, classes = 4, 3
     graph = trace_model_graph(Cell(code, width=width, d_out=classes), torch.zeros(2, 5))
