@@ -1,4 +1,5 @@
-"""`autoopt sweep`: accuracy against a hyperparameter over orders of magnitude, one line per optimizer.
+"""`autoopt sweep`: held-out accuracy (or loss, for regression) against a hyperparameter over orders of
+magnitude, one line per optimizer.
 
     autoopt sweep configs/digits_agd.yaml --param optim.lr --log-grid 1e-5:1e0:11 \\
         --optims agd,adamw,sgd --seeds 3 --out runs/sweep-lr
@@ -194,31 +195,47 @@ def submit_to_slurm(argv: list[str], n_points: int, sbatch_args: str, out: Path)
     print(f"submitted array job {array} ({n_points} points) and collect job {collect_job}")
 
 
-def _curve(records: list[dict], optimizer: str, grid: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Seed-mean and seed-std of accuracy at each grid value (a flat line for an optimizer that
-    ignores the key); a failed point counts as accuracy 0 (chance would flatter a divergence less)."""
+def metric_of(records: list[dict]) -> str:
+    """Held-out accuracy where the task has one (classification), else the held-out loss (regression)."""
+    return "accuracy" if any(math.isfinite(r["accuracy"]) for r in records if r["status"] == "ok") else "loss"
+
+
+def _curve(records: list[dict], optimizer: str, grid: list[float], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Seed-mean and seed-std of the metric at each grid value (a flat line for an optimizer that
+    ignores the key). A failed point counts as accuracy 0 (chance would flatter a divergence less); it
+    has no loss, so a loss curve leaves it out (the summary counts it)."""
     rows = [r for r in records if r["optimizer"] == optimizer]
-    def acc(r):
-        return r["accuracy"] if r["status"] == "ok" and math.isfinite(r["accuracy"]) else 0.0
+
+    def value(r):
+        if r["status"] == "ok" and math.isfinite(r[metric]):
+            return r[metric]
+        return 0.0 if metric == "accuracy" else np.nan
+
+    def stats(a):
+        a = np.array(a, dtype=float)
+        return (np.nan, np.nan) if np.isnan(a).all() else (np.nanmean(a), np.nanstd(a))
+
     if rows and rows[0]["value"] is None:
-        a = np.array([acc(r) for r in rows])
-        return np.full(len(grid), a.mean()), np.full(len(grid), a.std())
-    mean, std = [], []
-    for v in grid:
-        a = np.array([acc(r) for r in rows if r["value"] is not None and math.isclose(r["value"], v, rel_tol=1e-9)])
-        mean.append(a.mean() if len(a) else np.nan)
-        std.append(a.std() if len(a) else np.nan)
-    return np.array(mean), np.array(std)
+        m, sd = stats([value(r) for r in rows])
+        return np.full(len(grid), m), np.full(len(grid), sd)
+    points = [stats([value(r) for r in rows if r["value"] is not None and math.isclose(r["value"], v, rel_tol=1e-9)])
+              for v in grid]
+    return np.array([m for m, _ in points]), np.array([sd for _, sd in points])
 
 
 def spread(records: list[dict], grid: list[float]) -> dict:
+    metric = metric_of(records)
+    best, worst = (np.nanmax, np.nanmin) if metric == "accuracy" else (np.nanmin, np.nanmax)
     out = {}
     for opt in sorted({r["optimizer"] for r in records}):
-        mean, _ = _curve(records, opt, grid)
+        mean, _ = _curve(records, opt, grid, metric)
         failed = sum(r["status"] != "ok" for r in records if r["optimizer"] == opt)
-        out[opt] = {"best": float(np.nanmax(mean)), "worst": float(np.nanmin(mean)),
-                    "spread": float(np.nanmax(mean) - np.nanmin(mean)), "failed_points": failed,
-                    "reads_swept_key": records and any(r["value"] is not None for r in records if r["optimizer"] == opt)}
+        finite = not np.isnan(mean).all()
+        out[opt] = {"metric": metric, "best": float(best(mean)) if finite else float("nan"),
+                    "worst": float(worst(mean)) if finite else float("nan"),
+                    "spread": float(np.nanmax(mean) - np.nanmin(mean)) if finite else float("nan"),
+                    "failed_points": failed,
+                    "reads_swept_key": any(r["value"] is not None for r in records if r["optimizer"] == opt)}
     return out
 
 
@@ -228,17 +245,22 @@ def plot(records, summary, param, grid, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    metric = metric_of(records)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for opt in summary:
-        mean, std = _curve(records, opt, grid)
+        mean, std = _curve(records, opt, grid, metric)
         label = opt if summary[opt]["reads_swept_key"] else f"{opt} (no {param})"
         style = "-o" if summary[opt]["reads_swept_key"] else "--"
         ax.plot(grid, mean, style, label=label, markersize=4)
         ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
     ax.set_xscale("log")
     ax.set_xlabel(param)
-    ax.set_ylabel("held-out accuracy")
-    ax.set_ylim(0, 1)
+    if metric == "accuracy":
+        ax.set_ylabel("held-out accuracy")
+        ax.set_ylim(0, 1)
+    else:
+        ax.set_ylabel("held-out loss (failed points left out)")
+        ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

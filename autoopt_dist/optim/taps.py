@@ -17,6 +17,7 @@ import math
 import torch
 
 from ..layout import LocalView
+from . import cpu_kernel
 
 # Elements of the CPU row-block accumulator (1 MiB in fp32): small enough to stay in a core's L2 cache.
 _BLOCK = 1 << 18
@@ -55,9 +56,23 @@ def tap_sum_of_squares(view: LocalView, grad: torch.Tensor | None, dtype: torch.
     if head:
         out[phase : phase + head] += grad[:head].to(dtype).square()
     if body:
-        out += _sum_of_squares_over_rows(grad[head : head + body].view(-1, taps), dtype)
+        out += _per_tap_sum_of_squares(grad[head : head + body], taps, dtype)
     if tail:
         out[:tail] += grad[head + body :].to(dtype).square()
+    return out
+
+
+def _per_tap_sum_of_squares(flat: torch.Tensor, taps: int, dtype: torch.dtype) -> torch.Tensor:
+    """Sum of squares per tap of a run of whole rows (1-D, a multiple of `taps` long): reduced as rows of
+    about 4096 elements (a multiple of taps), whose length keeps the row-wise reductions vectorised,
+    then the rest (fewer than that many elements) as rows of `taps`."""
+    per_row = max(1, 4096 // taps) * taps
+    full = flat.numel() // per_row * per_row
+    out = torch.zeros(taps, dtype=dtype, device=flat.device)
+    if full:
+        out += _sum_of_squares_over_rows(flat[:full].view(-1, per_row), dtype).view(-1, taps).sum(0)
+    if flat.numel() > full:
+        out += _sum_of_squares_over_rows(flat[full:].view(-1, taps), dtype)
     return out
 
 
@@ -67,10 +82,15 @@ def _sum_of_squares_over_rows(x: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     On CPU, ATen's reductions over a leading (outer) dim run well below memory bandwidth, and
     `x.square().sum(0)` also writes and rereads a temporary as large as x. So blocks of rows are
     squared and added into an accumulator of a few rows, which stays in cache while x streams through
-    once; the accumulator's rows are summed at the end. Other devices reduce directly.
+    once; the accumulator's rows are summed at the end. The compiled kernel (cpu_kernel.py), where it
+    is available, does the same in one fused loop. Other devices reduce directly.
     """
     if x.device.type != "cpu":
         return torch.linalg.vector_norm(x, dim=0, dtype=dtype).square()
+    if dtype == torch.float32 and x.dim() >= 2:
+        fused = cpu_kernel.sum_sq_rows(x.reshape(x.shape[0], -1) if x.is_contiguous() else x)
+        if fused is not None:  # one streaming pass at dot-product speed (cpu_kernel.py)
+            return fused.view(x.shape[1:])
     rows = x.shape[0]
     block = max(1, min(rows, _BLOCK // max(1, math.prod(x.shape[1:]))))
     acc = x[:block].to(dtype).square()

@@ -118,3 +118,23 @@ def test_csv_carries_what_the_optimizer_learned(tmp_path, capsys):
         learned = float(row["hyper_sgd/lr (last)"])
         assert learned > 0 and abs(learned - float(start)) > 1e-3 * float(start), row
         assert float(row["hyper_sgd/lr (mean)"]) != learned
+
+
+def test_regression_sweeps_plot_and_rank_by_loss(tmp_path):
+    from autoopt_dist.sweep import collect
+
+    nan = float("nan")
+    points = tmp_path / "points"
+    points.mkdir()
+    rows = [("sgd", 0.01, 0, "ok", 0.50), ("sgd", 0.01, 1, "ok", 0.70), ("sgd", 0.1, 0, "ok", 0.20),
+            ("sgd", 0.1, 1, "failed", nan), ("agd", None, 0, "ok", 0.30)]
+    for i, (opt, value, seed, status, loss) in enumerate(rows):
+        record = {"optimizer": opt, "value": value, "seed": seed, "status": status, "accuracy": nan, "loss": loss}
+        (points / f"{i}.json").write_text(json.dumps(record))
+    collect(tmp_path, "optim.lr", [0.01, 0.1])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    # sgd: seed-mean loss 0.6 at lr 0.01, 0.2 at lr 0.1 (the failed seed left out, but counted)
+    assert summary["sgd"]["metric"] == "loss"
+    assert summary["sgd"]["best"] == pytest.approx(0.2) and summary["sgd"]["worst"] == pytest.approx(0.6)
+    assert summary["sgd"]["failed_points"] == 1 and summary["agd"]["spread"] == 0
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
