@@ -1,4 +1,4 @@
-"""A compiled CPU kernel for AGD's statistics pass: sum of squares over the rows of a matrix, in one
+"""A compiled CPU kernel for AGD's statistics pass: per-tap sums of squares of a gradient, in one
 streaming pass.
 
 ATen has no reduction that does this at streaming speed on a CPU: `vector_norm(x, dim=0)` is an outer
@@ -25,14 +25,17 @@ _SOURCE = r"""
 #include <algorithm>
 #include <vector>
 
-// out[j] = sum_r x[r, j]^2 for a contiguous float32 matrix x (rows, row_len). Rows are summed in float32
+// out[k] = sum of x[r, j]^2 over all r and all j = k mod taps, for a contiguous float32 matrix x (rows,
+// row_len) whose row_len is a multiple of taps: the per-tap sums of squares of a conv kernel's rows
+// (taps = kx*ky) or of a matrix (taps = 1). Rows are summed in float32
 // in chunks of kChunk (vectorised, cache-resident), chunks in float64: a column of many rows summed one by
 // one in float32 would lose digits, and float64 throughout halves the vector width.
 constexpr int64_t kChunk = 64;
 
-torch::Tensor sum_sq_rows(torch::Tensor x) {
+torch::Tensor sum_sq_taps(torch::Tensor x, int64_t taps) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == torch::kFloat32 && x.device().is_cpu(),
-              "sum_sq_rows: a contiguous float32 CPU matrix");
+              "sum_sq_taps: a contiguous float32 CPU matrix");
+  TORCH_CHECK(taps >= 1 && x.size(1) % taps == 0, "sum_sq_taps: row length must be a multiple of taps");
   const int64_t rows = x.size(0), row_len = x.size(1);
   const float* data = x.data_ptr<float>();
   const int threads = at::get_num_threads();
@@ -51,12 +54,12 @@ torch::Tensor sum_sq_rows(torch::Tensor x) {
       for (int64_t j = 0; j < row_len; ++j) total[j] += acc[j];
     }
   });
-  std::vector<double> total(row_len, 0.0);
+  std::vector<double> total(taps, 0.0);
   for (const auto& acc : partial)
-    for (int64_t j = 0; j < row_len; ++j) total[j] += acc[j];
-  auto out = torch::empty({row_len}, x.options());
+    for (int64_t j = 0; j < row_len; ++j) total[j % taps] += acc[j];
+  auto out = torch::empty({taps}, x.options());
   float* o = out.data_ptr<float>();
-  for (int64_t j = 0; j < row_len; ++j) o[j] = static_cast<float>(total[j]);
+  for (int64_t k = 0; k < taps; ++k) o[k] = static_cast<float>(total[k]);
   return out;
 }
 """
@@ -70,7 +73,7 @@ def _load():
     try:
         from torch.utils.cpp_extension import load_inline
 
-        _module = load_inline("autoopt_sum_sq_rows", cpp_sources=_SOURCE, functions=["sum_sq_rows"],
+        _module = load_inline("autoopt_sum_sq_taps", cpp_sources=_SOURCE, functions=["sum_sq_taps"],
                               extra_cflags=["-O3", "-march=native", "-fopenmp"], verbose=False)
     except Exception as e:  # no compiler, no headers, a sandbox without write access to the cache, ...
         _unavailable = True
@@ -79,12 +82,13 @@ def _load():
                       "Set AUTOOPT_CPU_KERNEL=0 to skip the build", stacklevel=3)
 
 
-def sum_sq_rows(x: torch.Tensor) -> torch.Tensor | None:
-    """sum_r x[r, :]^2 for a contiguous float32 CPU matrix, or None where the kernel cannot serve."""
-    if _unavailable or x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous():
+def sum_sq_taps(x: torch.Tensor, taps: int) -> torch.Tensor | None:
+    """Per-tap sums of squares, shape (taps,), of a contiguous float32 CPU matrix whose rows hold whole
+    runs of taps (element j of a row belongs to tap j mod taps); None where the kernel cannot serve."""
+    if _unavailable or x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous() or x.dim() != 2:
         return None
     if _module is None:
         _load()
         if _module is None:
             return None
-    return _module.sum_sq_rows(x)
+    return _module.sum_sq_taps(x, taps)

@@ -49,6 +49,10 @@ def tap_sum_of_squares(view: LocalView, grad: torch.Tensor | None, dtype: torch.
     if view.shaped:
         if grad.dim() < 2:  # a vector: one tap, all elements
             return torch.linalg.vector_norm(grad, dtype=dtype).square().reshape(1)
+        if dtype == torch.float32 and grad.is_contiguous():
+            fused = cpu_kernel.sum_sq_taps(grad.view(grad.shape[0], -1), taps) if grad.is_cpu else None
+            if fused is not None:  # one streaming pass at dot-product speed (cpu_kernel.py)
+                return fused
         # Sum over rows per element of a row (d_in, kx, ky), then over d_in: per tap.
         return _sum_of_squares_over_rows(grad, dtype).reshape(-1, taps).sum(0)
     phase, head, body, tail = _flat_pieces(view)
@@ -69,10 +73,10 @@ def _per_tap_sum_of_squares(flat: torch.Tensor, taps: int, dtype: torch.dtype) -
     per_row = max(1, 4096 // taps) * taps
     full = flat.numel() // per_row * per_row
     out = torch.zeros(taps, dtype=dtype, device=flat.device)
-    if full:
-        out += _sum_of_squares_over_rows(flat[:full].view(-1, per_row), dtype).view(-1, taps).sum(0)
-    if flat.numel() > full:
-        out += _sum_of_squares_over_rows(flat[full:].view(-1, taps), dtype)
+    for part in (flat[:full].view(-1, per_row), flat[full:].view(-1, taps)):
+        if part.numel():
+            fused = cpu_kernel.sum_sq_taps(part, taps) if dtype == torch.float32 else None
+            out += fused if fused is not None else _sum_of_squares_over_rows(part, dtype).view(-1, taps).sum(0)
     return out
 
 
@@ -82,15 +86,12 @@ def _sum_of_squares_over_rows(x: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     On CPU, ATen's reductions over a leading (outer) dim run well below memory bandwidth, and
     `x.square().sum(0)` also writes and rereads a temporary as large as x. So blocks of rows are
     squared and added into an accumulator of a few rows, which stays in cache while x streams through
-    once; the accumulator's rows are summed at the end. The compiled kernel (cpu_kernel.py), where it
-    is available, does the same in one fused loop. Other devices reduce directly.
+    once; the accumulator's rows are summed at the end (the compiled kernel in cpu_kernel.py, where it
+    is available, does this in one fused loop and is tried first by the callers). Other devices reduce
+    directly.
     """
     if x.device.type != "cpu":
         return torch.linalg.vector_norm(x, dim=0, dtype=dtype).square()
-    if dtype == torch.float32 and x.dim() >= 2:
-        fused = cpu_kernel.sum_sq_rows(x.reshape(x.shape[0], -1) if x.is_contiguous() else x)
-        if fused is not None:  # one streaming pass at dot-product speed (cpu_kernel.py)
-            return fused.view(x.shape[1:])
     rows = x.shape[0]
     block = max(1, min(rows, _BLOCK // max(1, math.prod(x.shape[1:]))))
     acc = x[:block].to(dtype).square()

@@ -11,24 +11,27 @@ from autoopt_dist.layout.side_table import ParamInfo
 from autoopt_dist.optim import cpu_kernel, taps
 
 
-@pytest.mark.parametrize("rows,row_len", [(1, 1), (1, 4097), (7, 3), (513, 576), (1000, 512), (3, 4608), (64, 147)])
-def test_kernel_matches_float64_sums_over_rows(rows, row_len):
+@pytest.mark.parametrize("rows,row_len,taps", [(1, 1, 1), (1, 4097, 1), (7, 9, 9), (513, 576, 9), (1000, 512, 1),
+                                           (3, 4608, 9), (64, 147, 49), (200, 4095, 9)])
+def test_kernel_matches_float64_per_tap_sums(rows, row_len, taps):
     x = torch.randn(rows, row_len, generator=torch.Generator().manual_seed(rows * row_len))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a failed build warns: that is a failure here, not a fallback
-        got = cpu_kernel.sum_sq_rows(x)
+        got = cpu_kernel.sum_sq_taps(x, taps)
     assert got is not None, "the CPU kernel did not build; see the warning"
-    want = (x.double() ** 2).sum(0)
-    assert got.dtype == torch.float32 and got.shape == (row_len,)
+    want = (x.double() ** 2).reshape(-1, taps).sum(0)  # element j of a row is tap j mod taps
+    assert got.dtype == torch.float32 and got.shape == (taps,)
     # float32 sums over chunks of at most 64 rows, float64 across chunks: a few float32 roundings at most
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=0)
 
 
 def test_kernel_declines_what_it_does_not_serve():
     x = torch.randn(8, 6)
-    assert cpu_kernel.sum_sq_rows(x.double()) is None
-    assert cpu_kernel.sum_sq_rows(x.t()) is None  # not contiguous
-    assert cpu_kernel.sum_sq_rows(x.half()) is None
+    assert cpu_kernel.sum_sq_taps(x.double(), 1) is None
+    assert cpu_kernel.sum_sq_taps(x.t(), 1) is None  # not contiguous
+    assert cpu_kernel.sum_sq_taps(x.half(), 1) is None
+    with pytest.raises(RuntimeError, match="multiple of taps"):
+        cpu_kernel.sum_sq_taps(x, 4)
 
 
 @pytest.mark.parametrize("shape", [(33, 17, 3, 3), (5, 7), (8, 3, 7, 7), (1029, 2, 1, 1)])
