@@ -541,22 +541,10 @@ def test_lr_transfer_on_digits():
     sd[sd == 0] = 1  # constant pixels keep scale 1
     X, y = torch.tensor((X - mu) / sd, dtype=torch.float32), torch.tensor(y)
 
+    from experiments.claim_scaling import final_loss as sgd_loss  # the docs/results.md experiment's loop
+
     def final_loss(depth, lr):
-        losses = []
-        for seed in (0, 1):
-            torch.manual_seed(seed)
-            model = arch_init_(MLP(64, 64, depth, 10, agd_compatible=False), X[:2])
-            opt = torch.optim.SGD(model.parameters(), lr=lr)
-            g = torch.Generator().manual_seed(seed)
-            for _ in range(2):
-                for idx in torch.randperm(len(X), generator=g).split(50):
-                    opt.zero_grad()
-                    F.cross_entropy(model(X[idx]), y[idx]).backward()
-                    opt.step()
-            with torch.no_grad():
-                loss = F.cross_entropy(model(X), y).item()
-            losses.append(loss if math.isfinite(loss) else float("inf"))
-        return sum(losses) / 2
+        return sgd_loss(lambda: MLP(64, 64, depth, 10, agd_compatible=False), X, y, lr, (0, 1), 2, 50)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
