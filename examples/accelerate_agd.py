@@ -70,11 +70,14 @@ if rank == 0:
     print(json.dumps(report))
     if report_path:
         open(report_path, "w").write(json.dumps(report))
-accelerator.end_training()
-if dist.is_initialized():
-    # Leave without tearing the group down: on CPU, gloo's (and DeepSpeed's shared-memory comm) worker
-    # threads can abort the process at teardown ("terminate called without an active exception") after
-    # all work is done. Every rank is past its last collective once the barrier returns.
+# On CPU, gloo (and DeepSpeed's shared-memory comm) can abort a process at teardown ("terminate called
+# without an active exception") when a peer destroys the group while it is still in a collective, or when
+# interpreter exit races their worker threads. So: every rank past its last collective (the barrier), then
+# Accelerate's end_training (trackers, destroy_process_group), then leave without interpreter teardown.
+distributed = dist.is_initialized()
+if distributed:
     dist.barrier()
+accelerator.end_training()
+if distributed:
     sys.stdout.flush()
     os._exit(0)
