@@ -139,7 +139,9 @@ def optimizer_scalars(metrics: Path) -> dict[str, float]:
     return {f"{key} ({how})": v for key, s in series.items() for how, v in (("mean", sum(s) / len(s)), ("last", s[-1]))}
 
 
-def collect(out: Path, param: str, grid: list[float], track: TrackConfig | None = None) -> list[dict]:
+def collect(out: Path, param: str, grid: list[float], track: TrackConfig | None = None) -> dict:
+    """results.csv, summary.json, sweep.png (and the wandb summary run) from the recorded points;
+    returns the summary: per line, best, worst, spread and failed points."""
     records = [json.loads(p.read_text()) for p in sorted((out / "points").glob("*.json"))]
     scalars = sorted({k for r in records for k in r if k.endswith((" (mean)", " (last)"))})
     with open(out / "results.csv", "w", newline="") as f:
@@ -153,7 +155,7 @@ def collect(out: Path, param: str, grid: list[float], track: TrackConfig | None 
     plot(records, summary, param, grid, out / "sweep.png")
     if track is not None and track.wandb != "disabled":
         log_to_wandb(records, summary, param, grid, out, track)
-    return records
+    return summary
 
 
 def log_to_wandb(records, summary, param, grid, out: Path, track: TrackConfig) -> None:
@@ -305,7 +307,6 @@ def main(argv: list[str]) -> None:
     if not args.collect:
         for p in todo:
             run_point(args.config, args.overrides, args.param, p, out)
-    records = collect(out, args.param, grid, cfg.track)
-    for opt, s in spread(records, grid).items():
+    for opt, s in collect(out, args.param, grid, cfg.track).items():
         print(f"{opt:>12}: best {s['best']:.3f}  worst {s['worst']:.3f}  spread {s['spread']:.3f}  failed {s['failed_points']}")
     print(f"wrote {out / 'results.csv'} and {out / 'sweep.png'}")

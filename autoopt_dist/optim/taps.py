@@ -49,12 +49,9 @@ def tap_sum_of_squares(view: LocalView, grad: torch.Tensor | None, dtype: torch.
     if view.shaped:
         if grad.dim() < 2:  # a vector: one tap, all elements
             return torch.linalg.vector_norm(grad, dtype=dtype).square().reshape(1)
-        if dtype == torch.float32 and grad.is_contiguous():
-            fused = cpu_kernel.sum_sq_taps(grad.view(grad.shape[0], -1), taps) if grad.is_cpu else None
-            if fused is not None:  # one streaming pass at dot-product speed (cpu_kernel.py)
-                return fused
         # Sum over rows per element of a row (d_in, kx, ky), then over d_in: per tap.
-        return _sum_of_squares_over_rows(grad, dtype).reshape(-1, taps).sum(0)
+        rows = grad.view(grad.shape[0], -1) if grad.is_contiguous() else grad
+        return _tap_sums_over_rows(rows, taps, dtype)
     phase, head, body, tail = _flat_pieces(view)
     out = torch.zeros(taps, dtype=dtype, device=grad.device)
     if head:
@@ -75,9 +72,15 @@ def _per_tap_sum_of_squares(flat: torch.Tensor, taps: int, dtype: torch.dtype) -
     out = torch.zeros(taps, dtype=dtype, device=flat.device)
     for part in (flat[:full].view(-1, per_row), flat[full:].view(-1, taps)):
         if part.numel():
-            fused = cpu_kernel.sum_sq_taps(part, taps) if dtype == torch.float32 else None
-            out += fused if fused is not None else _sum_of_squares_over_rows(part, dtype).view(-1, taps).sum(0)
+            out += _tap_sums_over_rows(part, taps, dtype)
     return out
+
+
+def _tap_sums_over_rows(rows: torch.Tensor, taps: int, dtype: torch.dtype) -> torch.Tensor:
+    """Per-tap sums of squares of whole rows (element j of a row is tap j mod taps): the compiled CPU
+    kernel where it serves (one streaming pass at dot-product speed, cpu_kernel.py), else ATen."""
+    fused = cpu_kernel.sum_sq_taps(rows, taps) if dtype == torch.float32 else None
+    return fused if fused is not None else _sum_of_squares_over_rows(rows, dtype).reshape(-1, taps).sum(0)
 
 
 def _sum_of_squares_over_rows(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
